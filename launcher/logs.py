@@ -1,0 +1,76 @@
+"""Structured logs: one JSON object per line when not on a TTY, a readable console otherwise.
+
+Every event passes through a redaction step, so a secret (an --api-key value, a token variable)
+never reaches the output in clear, whichever code logged it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+MASK = "***"
+SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
+# `--api-key=abc`, `--api-key abc`, `HF_TOKEN=abc`, `"api_key": "abc"` inside free text.
+_SECRET_TEXT = re.compile(
+    r"(?P<k>--[\w-]*(?:api-key|token|secret|password)[\w-]*[= ]"
+    r"|\b[A-Z0-9_]*(?:API_KEY|TOKEN|SECRET|PASSWORD)[A-Z0-9_]*="
+    r"|[\"']?(?:api_key|token|secret|password)[\"']?\s*:\s*[\"']?)(?P<v>[^\s\"',}]+)",
+    re.IGNORECASE,
+)
+
+_secrets: set[str] = set()
+
+
+def add_secrets(values: Iterable[str]) -> None:
+    """Register values (API keys, tokens) that must be masked wherever they appear."""
+    _secrets.update(v for v in values if v and len(v) >= 3)
+
+
+def redact(text: str) -> str:
+    for secret in _secrets:
+        text = text.replace(secret, MASK)
+    return _SECRET_TEXT.sub(lambda m: m.group("k") + MASK, text)
+
+
+def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in list(event.items()):
+        if isinstance(value, str):
+            event[key] = MASK if SECRET_ENV.search(key) and key not in ("event",) else redact(value)
+        elif isinstance(value, list):
+            event[key] = [redact(v) if isinstance(v, str) else v for v in value]
+    return event
+
+
+def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None = None) -> None:
+    """Set up structlog. `fmt` None picks JSON unless the stream is a terminal."""
+    out = stream if stream is not None else sys.stdout
+    if fmt is None:
+        fmt = "console" if out.isatty() else "json"
+    renderer: Any
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer(ensure_ascii=False)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact_event,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(**bound: Any) -> Any:
+    return structlog.get_logger().bind(**bound)

@@ -1,0 +1,146 @@
+"""The launcher's configuration model: one typed tree that every layer (profiles, file, env, CLI) fills.
+
+Values arrive as a merged dict with provenance (see `layers.py`); this module only says what a valid
+tree looks like. `vllm:` stays an open mapping because any vLLM flag may appear there; its values are
+checked against the flag catalogue in `flags.py`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Restart = Literal["never", "on-failure", "always"]
+GraphMode = Literal["auto", "eager", "torchair", "aclgraph"]
+SpeculativeMethod = Literal["draft", "eagle", "ngram"]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from 30, 2.5, "30s", "5m", "1h" or "500ms"."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30, '30s' or '5m'")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError("expected a duration such as 30, '30s' or '5m'")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class SupervisorSettings(_Section):
+    """How `launch run` starts, watches, stops and restarts vLLM."""
+
+    restart: Restart = "on-failure"
+    max_restarts: int = Field(default=5, ge=0)
+    restart_window: float = 600.0  # seconds in which max_restarts count
+    start_timeout: float = 1800.0  # large models plus graph compilation take many minutes
+    stop_timeout: float = 30.0
+    health_interval: float = 10.0
+    health_timeout: float = 5.0
+    unhealthy_after: int = Field(default=3, ge=1)
+    warmup: bool = False
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    termination_log: str = "/dev/termination-log"
+
+    @field_validator(
+        "restart_window",
+        "start_timeout",
+        "stop_timeout",
+        "health_interval",
+        "health_timeout",
+        "backoff_initial",
+        "backoff_max",
+        mode="before",
+    )
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
+class GraphSettings(_Section):
+    """Graph compilation, rendered per dialect (env vars, additional_config or compilation_config)."""
+
+    mode: GraphMode = "auto"
+    decode_gears: list[int] | None = None
+
+
+class SpeculativeSettings(_Section):
+    """Speculative decoding, rendered as 0.6 flags or as --speculative-config JSON."""
+
+    method: SpeculativeMethod | None = None
+    model: str | None = None
+    num_tokens: int | None = Field(default=None, ge=1)
+    draft_tensor_parallel_size: int | None = Field(default=None, ge=1)
+
+
+class LaunchSettings(BaseSettings):
+    """The resolved configuration. Built from merged layers, never read directly from the environment:
+    the `LAUNCH_*` layer is produced by `layers.environment_layer` with this model's env settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LAUNCH_",
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    model: str | None = None
+    entrypoint: Literal["openai", "api_server"] = "openai"
+    dialect: str | None = None
+    dialects: list[str] | None = None  # dialects a profile supports; None = all
+    server_command: str | None = None
+    vllm: dict[str, Any] = Field(default_factory=dict)
+    graph: GraphSettings = Field(default_factory=GraphSettings)
+    speculative: SpeculativeSettings = Field(default_factory=SpeculativeSettings)
+    env: dict[str, str] = Field(default_factory=dict)
+    supervisor: SupervisorSettings = Field(default_factory=SupervisorSettings)
+    log_format: Literal["json", "console"] | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    status_port: int | None = Field(default=None, ge=0, le=65535)
+    cache_dir: str | None = None
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], *sources: Any, **named: Any) -> Any:
+        # Only the merged layers count: reading the environment here again would lose provenance.
+        return (named.get("init_settings", sources[0] if sources else None),)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_strings(cls, value: Any) -> Any:
+        # YAML turns `1` into an int and `true` into a bool; environment variables are strings.
+        if isinstance(value, dict):
+            return {k: _env_text(v) for k, v in value.items()}
+        return value
+
+
+def _env_text(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
+# Keys a profile document may hold besides the settings themselves.
+PROFILE_ONLY_KEYS = frozenset({"description", "extends"})
