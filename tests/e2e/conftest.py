@@ -83,4 +83,3 @@ def vllm_env(run_dir: Path) -> dict[str, str]:
 @pytest.fixture
 def free_port() -> Callable[[], int]:
     return support.free_port
-
