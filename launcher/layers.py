@@ -17,6 +17,7 @@ from pydantic_settings import EnvSettingsSource
 from pydantic_settings.exceptions import SettingsError
 
 from launcher.errors import ConfigError
+from launcher.logs import MASK, SECRET_ENV
 from launcher.settings import PROFILE_ONLY_KEYS, LaunchSettings
 
 # Open mappings: their keys are data (vLLM flags, variable names), not settings fields.
@@ -74,9 +75,7 @@ def merge(layers: list[Layer]) -> Merged:
     return Merged(data, sources, limits)
 
 
-def _merge_into(
-    target: dict[str, Any], sources: dict[str, str], dotted: str, value: Any, layer: Layer
-) -> None:
+def _merge_into(target: dict[str, Any], sources: dict[str, str], dotted: str, value: Any, layer: Layer) -> None:
     name = dotted.rsplit(".", 1)[-1]
     if value is None:
         target.pop(name, None)
@@ -132,7 +131,8 @@ def set_option_layer(assignments: list[str]) -> Layer:
                 node[part] = child
             node = child
         node[parts[-1]] = None if value.strip().lower() in DELETE_WORDS else value
-        key_sources[".".join(parts)] = f"--set {key}={value}"
+        shown = MASK if SECRET_ENV.search(parts[-1]) else value
+        key_sources[".".join(parts)] = f"--set {key}={shown}"
     return Layer("--set", data, key_sources)
 
 

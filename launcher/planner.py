@@ -28,6 +28,9 @@ DROPPED_ON_V1 = {
     "num_scheduler_steps": "multi-step scheduling was removed in vLLM V1 (it schedules asynchronously)",
     "multi_step_stream_outputs": "multi-step scheduling was removed in vLLM V1",
     "disable_async_output_proc": "vLLM V1 has no async output processing switch",
+    "disable_log_requests": "recent vLLM logs no requests unless --enable-log-requests is given",
+    "use_v2_block_manager": "vLLM V1 has only one block manager",
+    "swap_space": "vLLM V1 does not swap KV blocks to host memory",
 }
 LEGACY_SPECULATIVE = {
     "speculative_model": "model",
@@ -144,7 +147,7 @@ def build(request: Request, host: HostFacts, *, strict: bool) -> Plan:
             fix="pass --model /path/to/model (a Hugging Face directory) or set LAUNCH_MODEL",
         )
     model_path = str(model_path)
-    model = _read_model(model_path, strict, warnings)
+    model = _read_model(model_path, merged.source_of("model") or merged.source_of("vllm.model"), strict, warnings)
 
     vllm = _typed_flags(vllm_raw, dialect, settings.entrypoint, merged, warnings)
     spec = _speculative(settings, vllm, merged)
@@ -199,7 +202,7 @@ def build(request: Request, host: HostFacts, *, strict: bool) -> Plan:
     )
 
 
-def _read_model(path: str, strict: bool, warnings: list[str]) -> ModelInfo | None:
+def _read_model(path: str, source: str | None, strict: bool, warnings: list[str]) -> ModelInfo | None:
     try:
         return read_model(path)
     except ModelDirError as exc:
@@ -208,6 +211,7 @@ def _read_model(path: str, strict: bool, warnings: list[str]) -> ModelInfo | Non
                 exc.what,
                 key="model",
                 value=path,
+                source=source,
                 fix="mount the model (a Hugging Face directory with config.json) at that path, "
                 "or point --model / LAUNCH_MODEL at it",
             ) from None
@@ -218,7 +222,8 @@ def _read_model(path: str, strict: bool, warnings: list[str]) -> ModelInfo | Non
 def _typed_flags(
     raw: dict[str, Any], dialect: dialects.Dialect, entrypoint: str, merged: Merged, warnings: list[str]
 ) -> dict[str, Any]:
-    catalogue_name = f"{dialect.flags}_api_server" if entrypoint == "api_server" else dialect.flags
+    legacy = entrypoint == "api_server" and dialect.legacy_api_server  # else the entrypoint rule refuses
+    catalogue_name = f"{dialect.flags}_api_server" if legacy else dialect.flags
     catalogue = flags.catalogue(catalogue_name)
     known_anywhere = flags.all_names()
     typed: dict[str, Any] = {}

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from launcher.dialects import DIALECTS
 from launcher.errors import ConfigError
 from launcher.layers import Layer
 from launcher.settings import PROFILE_ONLY_KEYS, LaunchSettings
@@ -137,6 +138,17 @@ def read_document(path: Path) -> dict[str, Any]:
             source=str(path),
             fix="write extends: [base]",
         )
+    dialects = document.get("dialects")
+    if dialects is not None and not (
+        isinstance(dialects, list) and all(isinstance(d, str) and d in DIALECTS for d in dialects)
+    ):
+        raise ConfigError(
+            "`dialects` must be a list of dialect names",
+            key="dialects",
+            value=dialects,
+            source=str(path),
+            fix=f"list some of: {', '.join(DIALECTS)}",
+        )
     for section in ("vllm", "env", "graph", "speculative", "supervisor"):
         if section in document and document[section] is not None and not isinstance(document[section], dict):
             raise ConfigError(
@@ -158,6 +170,10 @@ def expand(refs: list[str], *, origin: str = "--profile") -> list[Profile]:
         target = ref
         if base_dir is not None and looks_like_path(ref) and not Path(ref).is_absolute():
             target = str(base_dir / ref)
+        elif base_dir is not None and not (builtin_dir() / f"{ref}.yaml").is_file():
+            # A user profile may extend a file beside it by name.
+            sibling = base_dir / f"{ref}.yaml"
+            target = str(sibling) if sibling.is_file() else ref
         profile = load(target, origin=origin if not stack else f"extends in profile {stack[-1]}")
         key = profile.path.resolve()
         if profile.name in stack:
@@ -171,7 +187,11 @@ def expand(refs: list[str], *, origin: str = "--profile") -> list[Profile]:
         if key in seen:
             return
         for parent in profile.extends:
-            visit(parent, (*stack, profile.name), profile.path.parent if looks_like_path(ref) else None)
+            visit(
+                parent,
+                (*stack, profile.name),
+                None if profile.path.parent == builtin_dir() else profile.path.parent,
+            )
         seen.add(key)
         ordered.append(profile)
 

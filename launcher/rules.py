@@ -81,6 +81,12 @@ class Draft:
             self.env_sources[name] = "rule"
             self.info.append(f"set {name}={value}: {why}")
 
+    def effective_env(self, name: str) -> tuple[str | None, str]:
+        """The value the child will see and where it comes from: the container's beats a profile's."""
+        if name in self.host.environ and not self.env_sources.get(name, "").startswith("--set"):
+            return self.host.environ[name], "the environment"
+        return self.env.get(name), self.env_sources.get(name, "a profile")
+
     def max_num_seqs(self) -> int:
         value = self.vllm.get("max_num_seqs")
         return value if isinstance(value, int) else DEFAULT_MAX_NUM_SEQS
@@ -286,7 +292,11 @@ def high_precision(d: Draft) -> None:
         d.require_env(name, "1", why)
     if d.model is None:
         return
-    for name in ("USE_PFA_HIGH_PRECISION_MODE", "USE_IFA_HIGH_PRECISION_MODE", "USE_PREFIX_HIGH_PRECISION_MODE"):
+    for name in (
+        "USE_PFA_HIGH_PRECISION_MODE",
+        "USE_IFA_HIGH_PRECISION_MODE",
+        "USE_PREFIX_HIGH_PRECISION_MODE",
+    ):
         if name not in wanted and d.env.get(name) == "1":
             d.warnings.append(
                 f"{name}=1 (from {d.env_sources.get(name, 'a profile')}) is meant for Qwen2-7B/57B/72B "
@@ -447,8 +457,7 @@ def speculative(d: Draft) -> None:
     if method == "eagle":
         if d.dialect.name == "ascend-vllm-0.6" and not is_eagle_ckpt:
             raise ConfigError(
-                "vLLM 0.6.3 loads EAGLE drafts only after conversion (its config.json has no model_type "
-                "'eagle')",
+                "vLLM 0.6.3 loads EAGLE drafts only after conversion (its config.json has no model_type 'eagle')",
                 key="speculative.model",
                 value=path,
                 source=d.src("speculative.model"),
@@ -529,24 +538,25 @@ def parallel(d: Draft) -> None:
 def multimodal(d: Draft) -> None:
     """llava: PYTORCH_NPU_ALLOC_CONF is expandable_segments:True (False on virtual-memory errors);
     --chat-template, when given, must exist."""
-    conf = d.env.get("PYTORCH_NPU_ALLOC_CONF") or d.host.environ.get("PYTORCH_NPU_ALLOC_CONF")
+    conf, where = d.effective_env("PYTORCH_NPU_ALLOC_CONF")
     if conf is not None and conf not in ("expandable_segments:True", "expandable_segments:False"):
         raise ConfigError(
             "the guide uses expandable_segments:True, or expandable_segments:False after virtual-memory errors",
             key="env.PYTORCH_NPU_ALLOC_CONF",
             value=conf,
-            source=d.env_sources.get("PYTORCH_NPU_ALLOC_CONF", "the environment"),
+            source=where,
             fix="set PYTORCH_NPU_ALLOC_CONF=expandable_segments:True",
         )
     template = d.vllm.get("chat_template")
-    if isinstance(template, str) and ("/" in template or template.endswith(".jinja")):
-        if not Path(template).is_file():
-            d.missing(
-                "the chat template file does not exist",
-                key="vllm.chat_template",
-                value=template,
-                fix="mount the template (e.g. examples/template_llava.jinja) or remove chat_template",
-            )
+    # A template is a file path or inline Jinja text; only a path can be missing.
+    is_path = isinstance(template, str) and ("/" in template or template.endswith(".jinja")) and "{" not in template
+    if is_path and not Path(str(template)).is_file():
+        d.missing(
+            "the chat template file does not exist",
+            key="vllm.chat_template",
+            value=template,
+            fix="mount the template (e.g. examples/template_llava.jinja) or remove chat_template",
+        )
     if "VLLM_IMAGE_FETCH_TIMEOUT" in d.env and d.model is not None and not d.model.is_llava:
         d.warnings.append(
             f"the multimodal profile is meant for llava models; {d.model_path} is "
