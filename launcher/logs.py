@@ -54,6 +54,7 @@ def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
 def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None = None) -> None:
     """Set up structlog. `fmt` None picks JSON unless the stream is a terminal."""
     out = stream if stream is not None else sys.stdout
+    _secrets.clear()  # each invocation registers the secrets of its own plan
     if fmt is None:
         fmt = "console" if out.isatty() else "json"
     renderer: Any
