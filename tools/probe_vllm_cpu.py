@@ -71,9 +71,7 @@ class LogWatcher(threading.Thread):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--end", choices=["kill-engine", "sigterm", "sigint"], default="kill-engine")
     parser.add_argument("--cache", default=os.environ.get("LAUNCH_TEST_CACHE", "~/.cache/launch/test-model"))
     parser.add_argument("--keep", action="store_true", help="keep the run directory (log) afterwards")

@@ -126,9 +126,7 @@ def poll(
         time.sleep(min(interval, deadline.left))
 
 
-def wait_http_ok(
-    url: str, *, timeout: float, alive: Callable[[], bool] | None = None, interval: float = 0.25
-) -> bool:
+def wait_http_ok(url: str, *, timeout: float, alive: Callable[[], bool] | None = None, interval: float = 0.25) -> bool:
     return poll(lambda: http_get(url, timeout=2.0)[0] == 200, timeout=timeout, interval=interval, alive=alive)
 
 
@@ -222,9 +220,7 @@ def descendants(pid: int) -> list[psutil.Process]:
 def is_engine_core(proc: psutil.Process) -> bool:
     try:
         cmdline = proc.cmdline()
-        return proc.name().startswith(ENGINE_CORE_TITLE) or bool(
-            cmdline and cmdline[0].startswith(ENGINE_CORE_TITLE)
-        )
+        return proc.name().startswith(ENGINE_CORE_TITLE) or bool(cmdline and cmdline[0].startswith(ENGINE_CORE_TITLE))
     except psutil.Error:
         return False
 

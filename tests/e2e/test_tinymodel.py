@@ -24,9 +24,7 @@ def test_the_tokenizer_encodes_decodes_and_renders_chat(tiny_model: Path) -> Non
     tok = AutoTokenizer.from_pretrained(str(tiny_model))
     text = "Hello, wörld! 你好 4096"
     assert tok.decode(tok.encode(text, add_special_tokens=False)) == text  # byte-level: nothing is lost
-    prompt = tok.apply_chat_template(
-        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
-    )
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
     assert prompt == "<s><|user|>\nHi</s>\n<|assistant|>\n"
 
 
