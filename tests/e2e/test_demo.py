@@ -1,0 +1,71 @@
+"""`launch demo`, the README's main job: it builds the tiny model, serves it under `launch run`, and
+Ctrl-C (SIGINT) stops it cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.e2e import support
+from tests.e2e.conftest import START_TIMEOUT
+
+STOP_TIMEOUT = 20.0
+
+
+def test_demo_serves_the_tiny_model_and_stops_on_ctrl_c(
+    tmp_path: Path, run_dir: Path, free_port: Callable[[], int]
+) -> None:
+    vllm_port = free_port()
+    status_port = free_port()
+    while status_port == vllm_port:
+        status_port = free_port()
+    # The demo must set up vLLM's directories and offline mode itself: give it none of them.
+    demo_owns = {"TMPDIR", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "HF_HOME", "HF_HUB_OFFLINE"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_") and k not in demo_owns}
+    env.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    demo_dir = tmp_path / "demo"
+    env.update(LAUNCH_DEMO_DIR=str(demo_dir), LAUNCH_STATUS_PORT=str(status_port), PYTHONUNBUFFERED="1")
+    argv = [
+        sys.executable,
+        "-m",
+        "launcher",
+        "demo",
+        "--set",
+        f"vllm.port={vllm_port}",
+        "--set",
+        f"supervisor.stop_timeout={STOP_TIMEOUT:g}",
+    ]
+    server = support.Server(argv, env=env, cwd=run_dir, log_path=run_dir / "demo.log")
+    try:
+        ready = support.wait_http_ok(
+            f"http://127.0.0.1:{status_port}/readyz", timeout=START_TIMEOUT, alive=server.alive
+        )
+        assert ready, f"launch demo not ready (exit {server.proc.poll()}):\n{server.log_tail(80)}"
+        log = server.log_path.read_text(errors="replace")
+        assert f"try: curl http://127.0.0.1:{vllm_port}/v1/completions" in log, log[-3000:]
+
+        from launcher.demo import SERVED_NAME
+
+        status, body = support.completion(f"http://127.0.0.1:{vllm_port}", SERVED_NAME)
+        assert status == 200, body
+        assert body["choices"][0]["text"], body
+        # Everything it wrote is under LAUNCH_DEMO_DIR: the model and vLLM's scratch directories.
+        assert sorted(p.name for p in demo_dir.iterdir()) == [
+            "hf-home",
+            "inductor-cache",
+            "models",
+            "tmp",
+            "vllm-cache",
+        ]
+
+        server.remember()
+        server.proc.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal delivers
+        code = server.wait(STOP_TIMEOUT + 15)
+        assert code == 0, f"exit {code} after SIGINT\n{server.log_tail(60)}"
+        leftovers = server.leftovers()
+        assert not leftovers, "still running after Ctrl-C: " + support.describe(leftovers)
+    finally:
+        server.kill_all()
