@@ -17,6 +17,7 @@ import pytest
 from tests.e2e import support
 
 HERE = Path(__file__).parent
+REPO = HERE.parent.parent
 
 # Generous: a start takes 30-90 s on 2 cores, more while another job competes for them.
 START_TIMEOUT = float(os.environ.get("LAUNCH_TEST_START_TIMEOUT", "240"))
@@ -58,12 +59,20 @@ def tiny_model() -> Path:
     return ensure_tiny_model(cache)
 
 
-def base_env(run_dir: Path) -> dict[str, str]:
-    """The environment of a process under test: ours, without LAUNCH_* settings from the developer's
-    shell (they would change what the launcher renders), plus per-run directories for vLLM."""
+def clean_env() -> dict[str, str]:
+    """Our environment without LAUNCH_* settings from the developer's shell (they would change what
+    the launcher renders), importing `launcher` from this checkout whatever the venv points at (the
+    processes run in per-test directories, not in the checkout)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_")}
-    env.update(support.run_dirs_env(run_dir))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def base_env(run_dir: Path) -> dict[str, str]:
+    """clean_env() plus per-run directories for vLLM's scratch files and caches."""
+    env = clean_env()
+    env.update(support.run_dirs_env(run_dir))
     return env
 
 

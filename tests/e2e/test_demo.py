@@ -3,14 +3,13 @@ Ctrl-C (SIGINT) stops it cleanly."""
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from tests.e2e import support
-from tests.e2e.conftest import START_TIMEOUT
+from tests.e2e.conftest import START_TIMEOUT, clean_env
 
 STOP_TIMEOUT = 20.0
 
@@ -24,10 +23,9 @@ def test_demo_serves_the_tiny_model_and_stops_on_ctrl_c(
         status_port = free_port()
     # The demo must set up vLLM's directories and offline mode itself: give it none of them.
     demo_owns = {"TMPDIR", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "HF_HOME", "HF_HUB_OFFLINE"}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_") and k not in demo_owns}
-    env.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    env = {k: v for k, v in clean_env().items() if k not in demo_owns and k != "VLLM_CPU_KVCACHE_SPACE"}
     demo_dir = tmp_path / "demo"
-    env.update(LAUNCH_DEMO_DIR=str(demo_dir), LAUNCH_STATUS_PORT=str(status_port), PYTHONUNBUFFERED="1")
+    env.update(LAUNCH_DEMO_DIR=str(demo_dir), LAUNCH_STATUS_PORT=str(status_port))
     argv = [
         sys.executable,
         "-m",
