@@ -64,6 +64,14 @@ def hint(port: int, model_dir: Path) -> str:
 
 def main(argv: list[str]) -> int:
     root = demo_root()
+    # Before anything imports torch: importing it sets TORCHINDUCTOR_CACHE_DIR (to /tmp/torchinductor_$USER)
+    # in os.environ when unset, and the demo's own value would then lose to it.
+    env = demo_environment(root)
+    for name in ("TMPDIR", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "HF_HOME"):
+        if name in env:
+            Path(env[name]).mkdir(parents=True, exist_ok=True)
+    os.environ.update(env)  # the launcher passes its environment on to vLLM
+
     try:
         from launcher.tinymodel import ensure_tiny_model
 
@@ -77,12 +85,6 @@ def main(argv: list[str]) -> int:
         return EXIT_ENVIRONMENT
     except KeyboardInterrupt:
         return 130
-
-    env = demo_environment(root)
-    for name in ("TMPDIR", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "HF_HOME"):
-        if name in env:
-            Path(env[name]).mkdir(parents=True, exist_ok=True)
-    os.environ.update(env)  # the launcher passes its environment on to vLLM
 
     print(hint(_port_from(argv), model_dir), file=sys.stderr, flush=True)
 
