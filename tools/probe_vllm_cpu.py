@@ -6,7 +6,8 @@ Run it with the interpreter of a venv that has vLLM. It prints, as JSON: how lon
 took (measured when its log line appeared), the log lines themselves, whether /v1/completions and
 /v1/chat/completions answer, the engine-core process (name, cmdline), and what happens at the end:
 SIGKILL of the engine core (does the API server exit, with which status, what does /health say in
-between) or SIGTERM/SIGINT to the API server. Nothing is left running afterwards.
+between), SIGKILL of the API server (do the engine core and worker outlive it), or SIGTERM/SIGINT.
+Nothing is left running afterwards.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class LogWatcher(threading.Thread):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--end", choices=["kill-engine", "sigterm", "sigint"], default="kill-engine")
+    parser.add_argument("--end", choices=["kill-engine", "kill-api", "sigterm", "sigint"], default="kill-engine")
     parser.add_argument("--cache", default=os.environ.get("LAUNCH_TEST_CACHE", "~/.cache/launch/test-model"))
     parser.add_argument("--keep", action="store_true", help="keep the run directory (log) afterwards")
     parser.add_argument("extra", nargs="*")
@@ -110,6 +111,8 @@ def main() -> int:
         if args.end == "kill-engine":
             assert core is not None, "no VLLM::EngineCore process found"
             core.kill()
+        elif args.end == "kill-api":
+            server.proc.kill()
         else:
             server.proc.send_signal(signal.SIGTERM if args.end == "sigterm" else signal.SIGINT)
         # Follow /health until the API server has exited (or 60 s), noting each change of answer.
@@ -122,6 +125,9 @@ def main() -> int:
         report["exit_status"] = server.wait(5)
         report["exited_after_s"] = round(time.monotonic() - t_end, 2)
         report["leftovers"] = support.describe(support.alive_of(server.seen.values()))
+        # Orphans may take a moment to notice their parent is gone: look again after a while.
+        gone = support.poll(lambda: not support.alive_of(server.seen.values()), timeout=30)
+        report["leftovers_after_30s"] = "none" if gone else support.describe(support.alive_of(server.seen.values()))
     finally:
         server.kill_all()
         watcher.stop.set()
