@@ -121,8 +121,15 @@ def _request(args: argparse.Namespace, extra: list[str]) -> Any:
 def _with_plan(command: str, args: argparse.Namespace, extra: list[str], environ: dict[str, str]) -> int:
     from launcher import host, planner, preflight
 
+    request = _request(args, extra)
     facts = host.gather(environ)
-    plan = planner.build(_request(args, extra), facts, strict=command != "render")
+    resolved = planner.resolve(request, environ)
+    if command != "render":
+        # Render shows the configuration: it sources no CANN script and runs no npu-smi (fast, and the
+        # same on every machine); check and run import CANN's environment into the plan.
+        ascend = planner.target_dialect(resolved, facts).ascend
+        facts = host.with_runtime(facts, resolved.settings, ascend=ascend)
+    plan = planner.build(request, facts, strict=command != "render", resolved=resolved)
     logs.add_secrets(plan.secrets)
     log = logs.get_logger()
     for line in plan.info:

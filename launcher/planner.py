@@ -119,12 +119,9 @@ def _config_error(exc: ValidationError, merged: Merged) -> ConfigError:
     return ConfigError(message, key=key, value=value, source=merged.source_of(key), fix=fix)
 
 
-def build(request: Request, host: HostFacts, *, strict: bool) -> Plan:
-    """The whole plan. `strict` (check, run) turns missing files into exit 3 instead of warnings."""
-    resolved = resolve(request, host.environ)
+def target_dialect(resolved: Resolved, host: HostFacts) -> dialects.Dialect:
+    """The dialect asked for (--dialect, LAUNCH_DIALECT, a profile) or detected, within the profiles' limits."""
     settings, merged = resolved.settings, resolved.merged
-    warnings = list(resolved.warnings)
-
     name = settings.dialect or dialects.detect(host.installed)
     dialect = dialects.get(name, merged.source_of("dialect") or "detected from installed packages")
     for supported, where in merged.dialect_limits:
@@ -136,10 +133,24 @@ def build(request: Request, host: HostFacts, *, strict: bool) -> Plan:
                 source=merged.source_of("dialect") or "detected from installed packages",
                 fix="pick a profile made for this dialect (`launch profiles`), or --dialect one it supports",
             )
+    return dialect
+
+
+def build(request: Request, host: HostFacts, *, strict: bool, resolved: Resolved | None = None) -> Plan:
+    """The whole plan. `strict` (check, run) turns missing files into exit 3 instead of warnings.
+    `resolved` saves resolving again when the caller needed the settings first (to gather host facts)."""
+    resolved = resolved or resolve(request, host.environ)
+    settings, merged = resolved.settings, resolved.merged
+    warnings = list(resolved.warnings)
+    dialect = target_dialect(resolved, host)
 
     vllm_raw = dict(settings.vllm)
     model_path = settings.model or vllm_raw.pop("model", None)
     vllm_raw.pop("model", None)
+    # `auto` becomes the number of selected NPUs (rules.devices); a placeholder keeps the flag's place.
+    tp_auto = str(vllm_raw.get("tensor_parallel_size", "")).strip().lower() == "auto"
+    if tp_auto:
+        vllm_raw["tensor_parallel_size"] = 1
     if not model_path:
         raise ConfigError(
             "no model given",
@@ -168,6 +179,9 @@ def build(request: Request, host: HostFacts, *, strict: bool) -> Plan:
         strict=strict,
         source_of=merged.source_of,
         warnings=warnings,
+        devices=settings.devices,
+        tp_auto=tp_auto,
+        env_files=list(settings.env_files),
     )
     rules.apply(draft)
 
@@ -178,7 +192,8 @@ def build(request: Request, host: HostFacts, *, strict: bool) -> Plan:
         _add_env(draft, dialects.speculative_flags(dialect, draft.spec, draft.vllm), "speculative")
 
     argv = _argv(settings, dialect, model_path, draft.vllm, host, request.extra_args)
-    plan_env = _container_wins(draft, merged, host)
+    # What CANN's scripts set comes first: profiles and rules may override it, like exports after `source`.
+    plan_env = {**host.cann.changes, **_container_wins(draft, merged, host)}
     secrets = _secrets(draft.vllm, plan_env, request.extra_args)
     served = draft.vllm.get("served_model_name")
     return Plan(
@@ -197,6 +212,8 @@ def build(request: Request, host: HostFacts, *, strict: bool) -> Plan:
         supervisor=settings.supervisor,
         status_port=settings.status_port,
         cache_dir=settings.cache_dir,
+        devices=draft.selection.indices if draft.selection is not None else None,
+        npu=settings.npu,
         sources={k: v for k, v in merged.sources.items() if _present(merged.data, k)},
         secrets=frozenset(secrets),
     )
