@@ -119,7 +119,7 @@ def _request(args: argparse.Namespace, extra: list[str]) -> Any:
 
 
 def _with_plan(command: str, args: argparse.Namespace, extra: list[str], environ: dict[str, str]) -> int:
-    from launcher import host, planner, preflight
+    from launcher import host, npu, planner, preflight
 
     request = _request(args, extra)
     facts = host.gather(environ)
@@ -140,6 +140,7 @@ def _with_plan(command: str, args: argparse.Namespace, extra: list[str], environ
         print(plan.to_json() if args.format == "json" else render_shell(plan))
         return EXIT_OK
     preflight.port_is_free(plan)
+    npu.preflight(plan, facts, log)
     if command == "check":
         print(
             f"ok: {', '.join(plan.profiles)} on {plan.dialect}: {plan.model} "

@@ -48,10 +48,11 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.
         if name.startswith("LAUNCH_") or name in _PLAN_VARIABLES or name.startswith("PTA_TORCHAIR"):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(REPO)
-    from launcher import host
+    from launcher import host, npu
 
-    # No /dev/davinciN unless a test makes some.
+    # No /dev/davinciN unless a test makes some; "said once" starts afresh in each test.
     monkeypatch.setattr(host, "DEV_DIR", tmp_path_factory.mktemp("dev"))
+    monkeypatch.setattr(npu, "_said", set())
 
 
 @dataclass

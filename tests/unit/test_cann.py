@@ -151,6 +151,7 @@ def test_cpu_dialect_needs_none_of_it(launch: Any, node: Node) -> None:
         env=node.env(smi=False),
     )
     assert result.code == 0, result.err
+    assert result.err.count("npu-smi checks skipped") == 1
 
 
 def test_render_sources_nothing(launch: Any, node: Node) -> None:
@@ -159,3 +160,4 @@ def test_render_sources_nothing(launch: Any, node: Node) -> None:
     result = launch("render", "--model", QWEN, "--dialect", "vllm-ascend", env=node.env())
     assert result.code == 0, result.err
     assert not (node.root / "sourced").exists() and "ASCEND_TOOLKIT_HOME" not in result.json()["env"]
+    assert node.calls() == []  # and runs no npu-smi
