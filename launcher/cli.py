@@ -1,6 +1,6 @@
 """`launch [COMMAND] [OPTIONS] [-- EXTRA_VLLM_ARGS...]` — the command line of DESIGN.md.
 
-Commands: run (default), render, check, profiles, demo. Bad input ends with exit 2 (configuration)
+Commands: run (default), render, check, doctor, profiles, demo. Bad input ends with exit 2 (configuration)
 or 3 (environment) and a message; never a traceback.
 """
 
@@ -19,7 +19,7 @@ from launcher import __version__, logs
 from launcher.errors import EXIT_CONFIG, EXIT_OK, LaunchError
 from launcher.plan import Plan
 
-COMMANDS = ("run", "render", "check", "profiles", "demo")
+COMMANDS = ("run", "render", "check", "doctor", "profiles", "demo")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--format", choices=("json", "shell"), default="json")
     check = sub.add_parser("check", help="validate and preflight, start nothing")
     _common(check)
+    doctor = sub.add_parser("doctor", help="check this machine: vLLM, CANN, NPUs, model, cache, ports")
+    _common(doctor)
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     profiles = sub.add_parser("profiles", help="list profiles, or `profiles show NAME`")
     profiles.add_argument("action", nargs="?", choices=("list", "show"), default="list")
     profiles.add_argument("name", nargs="?")
@@ -88,6 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from launcher import demo
 
             return demo.main(list(args.rest) + (["--", *extra] if extra else []))
+        if command == "doctor":
+            from launcher import doctor
+
+            return doctor.main(_request(args, extra), environ, as_json=args.json)
         return _with_plan(command, args, extra, environ)
     except LaunchError as exc:
         return _fail(exc, stream)
