@@ -126,7 +126,7 @@ def _request(args: argparse.Namespace, extra: list[str]) -> Any:
 
 
 def _with_plan(command: str, args: argparse.Namespace, extra: list[str], environ: dict[str, str]) -> int:
-    from launcher import host, npu, planner, preflight
+    from launcher import host, planner, preflight
 
     request = _request(args, extra)
     facts = host.gather(environ)
@@ -147,6 +147,8 @@ def _with_plan(command: str, args: argparse.Namespace, extra: list[str], environ
         print(plan.to_json() if args.format == "json" else render_shell(plan))
         return EXIT_OK
     preflight.port_is_free(plan)
+    from launcher import npu  # not for render: psutil and the preflight are for check and run
+
     npu.preflight(plan, facts, log)
     if command == "check":
         print(
