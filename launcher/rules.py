@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher import devices as npus
+from launcher.devices import INSTANCE_VARIABLE, RT_VARIABLE, Selection, instance_id, select
 from launcher.dialects import Dialect
 from launcher.errors import ConfigError, PreflightError
 from launcher.host import HostFacts
@@ -57,7 +57,7 @@ class Draft:
     devices: str = "auto"  # the `devices` setting
     tp_auto: bool = False  # tensor_parallel_size: auto (the planner put a placeholder in vllm)
     env_files: list[str] = field(default_factory=list)
-    selection: npus.Selection | None = None  # set by the devices rule on Ascend
+    selection: Selection | None = None  # set by the devices rule on Ascend
 
     def src(self, key: str) -> str | None:
         return self.source_of(key)
@@ -117,7 +117,7 @@ def entrypoint(d: Draft) -> None:
         )
 
 
-def devices(d: Draft) -> None:
+def npu_devices(d: Draft) -> None:
     """The NPUs vLLM gets (`devices: auto | "0,1"`) as ASCEND_RT_VISIBLE_DEVICES, `tensor_parallel_size:
     auto` as their count, Ray told to leave that variable alone, and the marker that lets a later start
     recognise this launcher's leftover processes. Off Ascend, auto parallelism is 1."""
@@ -127,12 +127,11 @@ def devices(d: Draft) -> None:
             d.vllm["tensor_parallel_size"] = 1
             d.info.append(f"tensor_parallel_size auto = 1: {d.dialect.name} has no NPUs")
         return
-    host_env = d.host.runtime_environ
-    sel = npus.select(d.devices, d.src("devices"), host_env, d.host.npus, d.host.npus_source)
+    sel = select(d.devices, d.src("devices"), d.host.runtime_environ, d.host.npus, d.host.npus_source)
     d.selection = sel
     if sel.env is not None:
-        d.env[npus.RT_VARIABLE] = sel.env
-        d.env_sources[npus.RT_VARIABLE] = d.src("devices") or "devices auto"
+        d.env[RT_VARIABLE] = sel.env
+        d.env_sources[RT_VARIABLE] = d.src("devices") or "devices auto"
     d.info.extend(sel.notes)
     d.warnings.extend(sel.warnings)
     if sel.problem:
@@ -162,8 +161,8 @@ def devices(d: Draft) -> None:
             "with the ray backend Ray would otherwise rewrite ASCEND_RT_VISIBLE_DEVICES for each worker",
         )
     port = d.vllm.get("port")
-    d.env[npus.INSTANCE_VARIABLE] = npus.instance_id(d.model_path, port if isinstance(port, int) else 8000)
-    d.env_sources[npus.INSTANCE_VARIABLE] = "launcher"
+    d.env[INSTANCE_VARIABLE] = instance_id(d.model_path, port if isinstance(port, int) else 8000)
+    d.env_sources[INSTANCE_VARIABLE] = "launcher"
 
 
 def block_size(d: Draft) -> None:
@@ -685,7 +684,7 @@ def runtime(d: Draft) -> None:
 
 
 ALL: tuple[Callable[[Draft], None], ...] = (
-    devices,
+    npu_devices,
     entrypoint,
     block_size,
     multi_step,
