@@ -102,9 +102,9 @@ def select(
     existing = environ.get(RT_VARIABLE)
     explicit = devices.strip().lower() != "auto"
     from_cli = (source or "").startswith("--set")
-    if explicit and not (existing and not from_cli):
-        indices = parse_indices(devices, key="devices", source=source)
-        chosen = Selection(indices, f"devices (from {source})", count, env=",".join(map(str, indices)))
+    asked = parse_indices(devices, key="devices", source=source) if explicit else None
+    if asked is not None and not (existing and not from_cli):
+        chosen = Selection(asked, f"devices (from {source})", count, env=",".join(map(str, asked)))
     elif existing:
         where = f"{RT_VARIABLE}={existing} in the environment"
         indices = parse_indices(existing, key=f"env.{RT_VARIABLE}", source="the environment")
@@ -119,8 +119,8 @@ def select(
     beyond = [i for i in chosen.indices or [] if count is not None and i >= count]
     if beyond:
         problem = (
-            f"NPU {', '.join(map(str, beyond))} (from {chosen.source}) is not visible: {seen}, "
-            f"logical indices 0..{(count or 1) - 1}"
+            f"NPU {', '.join(map(str, beyond))} is not visible ({seen}: logical indices 0..{(count or 1) - 1}), "
+            f"but {chosen.source} asks for it"
         )
         return replace(chosen, problem=problem)
     return chosen

@@ -103,7 +103,9 @@ def test_a_device_beyond_what_is_visible(launch: Any, node: Node) -> None:
     env = {"ASCEND_VISIBLE_DEVICES": "0,1"}
     plan = render(launch, "--set", "devices=0,3", env=env)
     assert any(
-        "NPU 3 (from devices (from --set devices=0,3)) is not visible: 2 NPUs visible" in w for w in plan["warnings"]
+        "NPU 3 is not visible (2 NPUs visible (ASCEND_VISIBLE_DEVICES=0,1 from the device plugin): logical indices "
+        "0..1), but devices (from --set devices=0,3) asks for it" in w
+        for w in plan["warnings"]
     )
     node.install_cann().npu_smi("info-910prob-container.txt")
     checked = launch(
@@ -168,3 +170,15 @@ def test_cpu_build_takes_auto_parallelism_as_one(launch: Any) -> None:
 def test_instance_marker_names_model_and_port(launch: Any) -> None:
     plan = render(launch, "--set", "vllm.port=9000")
     assert plan["env"]["LAUNCHER_INSTANCE"] == f"{LLAMA}@9000"
+
+
+def test_bad_devices_text_is_refused_even_when_the_container_wins(launch: Any) -> None:
+    result = launch(
+        "render",
+        "--model",
+        LLAMA,
+        "--dialect",
+        ASCEND,
+        env={"LAUNCH_DEVICES": "first", "ASCEND_RT_VISIBLE_DEVICES": "0"},
+    )
+    assert result.code == 2 and "'first' is not a device index" in result.err
