@@ -38,7 +38,9 @@ class Check:
 
 
 def _failed(name: str, exc: LaunchError, means: str) -> Check:
-    return Check(name, FAIL, exc.message.split("\n  fix:")[0], means, exc.fix)
+    """A LaunchError as a failing line: its message without the fix (that has its own line)."""
+    detail = exc.what if exc.key == name else exc.message.split("\n  fix:")[0]
+    return Check(name, FAIL, detail, means, exc.fix)
 
 
 def run(request: planner.Request, environ: Mapping[str, str]) -> list[Check]:
