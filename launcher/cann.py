@@ -29,6 +29,11 @@ STANDARD_NNAL_HOMES = ("/usr/local/Ascend/nnal", "~/Ascend/nnal")
 # Variables set_env.sh exports: when the container already has them, it was set up before us.
 TOOLKIT_MARKERS = ("ASCEND_TOOLKIT_HOME", "ASCEND_HOME_PATH")
 NNAL_MARKERS = ("ATB_HOME_PATH",)
+# What to do when the toolkit is missing (said by `check`, `run` and `doctor`).
+TOOLKIT_FIX = (
+    "use an image with CANN installed, or point cann.toolkit_home (LAUNCH_CANN__TOOLKIT_HOME) at the directory "
+    "holding set_env.sh, or list the file that sets it up in env_files (e.g. /home/ma-user/.bashrc on ModelArts)"
+)
 # Variables bash itself sets; they are not part of what the scripts changed.
 SHELL_VARIABLES = frozenset({"_", "SHLVL", "PWD", "OLDPWD"})
 

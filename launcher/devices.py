@@ -20,6 +20,10 @@ PLUGIN_VARIABLE = "ASCEND_VISIBLE_DEVICES"
 # anybody else's (see `npu.is_ours`). Not under LAUNCH_: those are the launcher's own settings.
 INSTANCE_VARIABLE = "LAUNCHER_INSTANCE"
 
+# What to do when no NPU is visible, or an index is beyond what is (said by check, run and doctor).
+NO_NPU_FIX = "request NPUs for the pod (resources: huawei.com/ascend-1980: N) or mount /dev/davinciN"
+INDEX_FIX = "use logical indices 0..n-1 of the NPUs this container sees (`launch doctor` lists them)"
+
 _RANGE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
 
 

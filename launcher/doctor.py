@@ -88,8 +88,7 @@ def _cann(env: cann.CannEnv, dialect: Dialect | None, ascend: bool) -> list[Chec
                 FAIL,
                 f"toolkit not found: looked for {', '.join(env.looked_for)}; ASCEND_TOOLKIT_HOME is unset",
                 "vLLM will fail to load CANN (`libhccl.so: cannot open shared object file`)",
-                "use an image with CANN, or set cann.toolkit_home (LAUNCH_CANN__TOOLKIT_HOME), or list the "
-                "file that sets it up in env_files (e.g. /home/ma-user/.bashrc on ModelArts)",
+                cann.TOOLKIT_FIX,
             )
         )
     else:
@@ -161,7 +160,7 @@ def _devices(
                 FAIL,
                 "no NPU visible: ASCEND_VISIBLE_DEVICES and ASCEND_RT_VISIBLE_DEVICES unset, no /dev/davinciN",
                 "vLLM has no NPU to run on",
-                "request NPUs for the pod (resources: huawei.com/ascend-1980: N) or mount /dev/davinciN",
+                devices.NO_NPU_FIX,
             )
         )
     elif sel.problem:
@@ -171,7 +170,7 @@ def _devices(
                 FAIL,
                 sel.problem,
                 "vLLM would be told to use an NPU it cannot see",
-                "list logical indices 0..n-1 in devices (or ASCEND_RT_VISIBLE_DEVICES)",
+                devices.INDEX_FIX,
             )
         )
     else:
@@ -210,7 +209,7 @@ def _npus(
                     FAIL,
                     f"not listed by npu-smi ({len(snapshot.chips)} chips)",
                     "vLLM would be told to use an NPU it cannot see",
-                    "list logical indices 0..n-1 in devices (or ASCEND_RT_VISIBLE_DEVICES)",
+                    devices.INDEX_FIX,
                 )
             )
             continue

@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 
 from launcher import command
-from launcher.devices import INSTANCE_VARIABLE
+from launcher.devices import INDEX_FIX, INSTANCE_VARIABLE
 from launcher.dialects import DIALECTS
 from launcher.errors import PreflightError
 from launcher.host import HostFacts
@@ -412,7 +412,7 @@ def selected_chips(plan: Plan, snapshot: Snapshot) -> list[Chip]:
             key="devices",
             value=",".join(map(str, plan.devices)),
             source=plan.sources.get("devices") or "ASCEND_RT_VISIBLE_DEVICES",
-            fix="use logical indices 0..n-1 of the NPUs this container sees (`launch doctor` lists them)",
+            fix=INDEX_FIX,
         )
     return [snapshot.chips[i] for i in plan.devices]
 

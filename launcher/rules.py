@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher.devices import INSTANCE_VARIABLE, RT_VARIABLE, Selection, instance_id, select
+from launcher.cann import TOOLKIT_FIX
+from launcher.devices import INDEX_FIX, INSTANCE_VARIABLE, NO_NPU_FIX, RT_VARIABLE, Selection, instance_id, select
 from launcher.dialects import Dialect
 from launcher.errors import ConfigError, PreflightError
 from launcher.host import HostFacts
@@ -139,8 +140,7 @@ def npu_devices(d: Draft) -> None:
             sel.problem,
             key="devices",
             value=d.devices,
-            fix="list indices below the number of visible NPUs (`launch doctor` shows them), "
-            "or request more NPUs for the pod",
+            fix=f"{INDEX_FIX}, or request more NPUs for the pod",
         )
     if d.tp_auto:
         if sel.indices:
@@ -662,9 +662,7 @@ def runtime(d: Draft) -> None:
             "`libhccl.so: cannot open shared object file`)",
             key="cann.toolkit_home",
             source=d.src("cann.toolkit_home"),
-            fix="use an image with CANN installed, or point cann.toolkit_home (LAUNCH_CANN__TOOLKIT_HOME) at "
-            "the directory holding set_env.sh, or list the file that sets it up in env_files "
-            "(e.g. /home/ma-user/.bashrc on ModelArts)",
+            fix=TOOLKIT_FIX,
         )
     if cann.nnal is None and "nnal" not in cann.already and d.dialect.name != "ascend-vllm-0.6":
         d.warnings.append(
@@ -678,8 +676,7 @@ def runtime(d: Draft) -> None:
             key="devices",
             value=d.devices,
             source=d.src("devices"),
-            fix="request NPUs for the pod (resources: huawei.com/ascend-1980: N) or mount /dev/davinciN, "
-            "or use --dialect vllm-cpu to run without NPUs",
+            fix=f"{NO_NPU_FIX}, or use --dialect vllm-cpu to run without NPUs",
         )
 
 
