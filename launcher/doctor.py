@@ -228,13 +228,12 @@ def _chip_check(
 ) -> Check:
     name = chip.label
     detail = f"{chip.name} {chip.health}, {chip.usage}"
-    if chip.health not in ("OK", "Warning"):
-        health = npu.view(settings.npu, environ, "health", chip)
-        code = health.get("Error Code")
+    problem = npu.health_problem(settings.npu, environ, chip)
+    if problem:
         return Check(
             name,
             FAIL,
-            detail + (f", error code {code}: {health.get('Error Information', '')}" if code and code != "NA" else ""),
+            f"{chip.name} {problem}, {chip.usage}",
             "the NPU reports a fault; vLLM would fail on it or produce wrong results",
             "use other NPUs (devices), or have the node's NPU checked",
         )

@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -465,21 +465,22 @@ def preflight(plan: Plan, facts: HostFacts | None, log: Any) -> None:
     log.info("npu_ready", devices=[f"{c.label}: {c.health}, {c.usage}" for c in chips])
 
 
+def health_problem(settings: NpuSettings, environ: Mapping[str, str], chip: Chip) -> str | None:
+    """None for a usable chip (OK or Warning); else its health, with the health view's error code."""
+    if chip.health in ("OK", "Warning"):
+        return None
+    detail = view(settings, environ, "health", chip)
+    code, info = detail.get("Error Code"), detail.get("Error Information")
+    said = f": {info}" if info and info != "NA" else ""
+    return (chip.health or "of unknown health") + (f" (error code {code}{said})" if code and code != "NA" else "")
+
+
 def _check_health(plan: Plan, chips: Sequence[Chip], environ: Mapping[str, str], log: Any) -> None:
     """OK passes; Warning is logged; anything else (Alarm, Critical, ...) is exit 3 with the health view."""
-    bad: list[str] = []
     for chip in chips:
-        if chip.health == "OK":
-            continue
         if chip.health == "Warning":
             log.warning("npu_health_warning", device=chip.label, health=chip.health)
-            continue
-        detail = view(plan.npu, environ, "health", chip)
-        code, info = detail.get("Error Code"), detail.get("Error Information")
-        bad.append(
-            f"{chip.label} is {chip.health or 'of unknown health'}"
-            + (f" (error code {code}: {info})" if code and code != "NA" else "")
-        )
+    bad = [f"{c.label} is {p}" for c in chips if (p := health_problem(plan.npu, environ, c))]
     if bad:
         raise PreflightError(
             "; ".join(bad),
@@ -522,30 +523,41 @@ def _stop(ours: Sequence[Holder], chips: Sequence[Chip], plan: Plan, log: Any) -
     psutil.wait_procs(alive, timeout=grace)
 
 
+def _held_until(
+    plan: Plan, environ: Mapping[str, str], held: Callable[[Holder], bool], wait: float
+) -> tuple[list[Holder], Snapshot]:
+    """Ask npu-smi until no holder matches `held` or `wait` seconds passed: (what is still held, the
+    last answer). Memory is released a moment after a process exits. SmiUnavailable propagates."""
+    deadline = time.monotonic() + wait
+    while True:
+        snapshot = query(plan.npu, environ)
+        still = [h for h in snapshot.holders if held(h)]
+        if not still or time.monotonic() >= deadline:
+            return still, snapshot
+        time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
+
+
 def _wait_released(
     plan: Plan, chips: Sequence[Chip], pids: Collection[int], environ: Mapping[str, str], log: Any
 ) -> None:
-    deadline = time.monotonic() + plan.npu.free_timeout
-    while True:
-        try:
-            snapshot = query(plan.npu, environ)
-        except SmiUnavailable as exc:
-            log.warning("npu_release_unknown", message=exc.what, fix=exc.fix)
-            return
-        held = [h for h in snapshot.holders_on(chips) if h.local_pid in pids]
-        if not held:
-            log.info("npu_leftovers_released", devices=[c.label for c in chips])
-            return
-        if time.monotonic() >= deadline:
-            raise PreflightError(
-                f"stopped the leftovers, but after {plan.npu.free_timeout:g}s npu-smi still lists them: "
-                + "; ".join(h.describe(chips) for h in held),
-                key="npu.free_timeout",
-                value=plan.npu.free_timeout,
-                source=plan.sources.get("npu.free_timeout"),
-                fix="the driver may take longer to release memory: raise npu.free_timeout, or restart the pod",
-            )
-        time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
+    keys = {(c.npu, c.chip) for c in chips}
+    try:
+        held, _ = _held_until(
+            plan, environ, lambda h: (h.npu, h.chip) in keys and h.local_pid in pids, plan.npu.free_timeout
+        )
+    except SmiUnavailable as exc:
+        log.warning("npu_release_unknown", message=exc.what, fix=exc.fix)
+        return
+    if held:
+        raise PreflightError(
+            f"stopped the leftovers, but after {plan.npu.free_timeout:g}s npu-smi still lists them: "
+            + "; ".join(h.describe(chips) for h in held),
+            key="npu.free_timeout",
+            value=plan.npu.free_timeout,
+            source=plan.sources.get("npu.free_timeout"),
+            fix="the driver may take longer to release memory: raise npu.free_timeout, or restart the pod",
+        )
+    log.info("npu_leftovers_released", devices=[c.label for c in chips])
 
 
 def after_stop(
@@ -559,21 +571,15 @@ def after_stop(
         return []
     environ = _environ(plan, facts)
     marker = _marker(plan, environ)
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            snapshot = query(plan.npu, environ)
-        except SmiUnavailable as exc:
-            log.debug("npu_release_unknown", message=exc.what)
-            return []
-        held = [
-            h
-            for h in snapshot.holders
-            if h.local_pid in our_pids or h.pid in our_pids or (marker is not None and is_ours(h.local_pid, marker))
-        ]
-        if not held or time.monotonic() >= deadline:
-            break
-        time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
+
+    def ours(h: Holder) -> bool:
+        return h.local_pid in our_pids or h.pid in our_pids or (marker is not None and is_ours(h.local_pid, marker))
+
+    try:
+        held, snapshot = _held_until(plan, environ, ours, wait)
+    except SmiUnavailable as exc:
+        log.debug("npu_release_unknown", message=exc.what)
+        return []
     if held:
         log.warning(
             "npu_still_held",

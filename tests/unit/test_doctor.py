@@ -79,6 +79,23 @@ def duo_310p(node: Node, procs: Processes, port: int) -> tuple[list[str], dict[s
     return ["--dialect", "vllm-ascend", "--model", QWEN, "--set", "vllm.tensor_parallel_size=auto"], node.env(), {}
 
 
+def unhealthy(node: Node, procs: Processes, port: int) -> tuple[list[str], dict[str, str], dict[int, str]]:
+    node.install_cann().npu_smi(
+        "info-910prob-container.txt",
+        replace={"| 1     910ProB             | OK  ": "| 1     910ProB             | Alarm"},
+    )
+    node.view(
+        "health-1-0",
+        "health-ok.txt",
+        replace={
+            ": OK": ": Alarm",
+            "Code                     : NA": "Code : 80CF8009",
+            "Information              : NA": "Information : HBM multi-bit ECC",
+        },
+    )
+    return ["--dialect", "vllm-ascend", "--model", QWEN], node.env(), {}
+
+
 Scenario = Callable[[Node, Processes, int], tuple[list[str], dict[str, str], dict[int, str]]]
 SCENARIOS: dict[str, tuple[Scenario, int]] = {
     "cpu": (cpu, 0),
@@ -88,6 +105,7 @@ SCENARIOS: dict[str, tuple[Scenario, int]] = {
     "npu-smi-fails": (npu_smi_fails, 3),
     "busy": (busy, 3),
     "310p-duo": (duo_310p, 0),
+    "unhealthy": (unhealthy, 3),
 }
 
 
