@@ -58,7 +58,7 @@ def run(request: planner.Request, environ: Mapping[str, str]) -> list[Check]:
     checks += _cann(facts.cann, dialect, ascend)
     selection = _devices(settings, resolved, facts, ascend, checks)
     if ascend:
-        checks += _npus(settings, facts, selection, request, resolved)
+        checks += _npus(settings, facts, selection)
     checks += _model_and_plan(request, resolved, facts, settings)
     return checks
 
@@ -179,13 +179,7 @@ def _devices(
     return sel
 
 
-def _npus(
-    settings: LaunchSettings,
-    facts: host.HostFacts,
-    sel: devices.Selection | None,
-    request: planner.Request,
-    resolved: planner.Resolved | None,
-) -> list[Check]:
+def _npus(settings: LaunchSettings, facts: host.HostFacts, sel: devices.Selection | None) -> list[Check]:
     environ = facts.runtime_environ
     try:
         snapshot = npu.query(settings.npu, environ)
