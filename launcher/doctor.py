@@ -73,7 +73,8 @@ def _dialect(resolved: planner.Resolved | None, facts: host.HostFacts, checks: l
         checks.append(_failed("dialect", exc, f"the launcher cannot tell how to start vLLM (installed: {installed})"))
         return None
     where = resolved.merged.source_of("dialect")
-    checks.append(Check("dialect", OK, f"{dialect.name} ({f'from {where}' if where else f'detected: {installed}'})"))
+    chosen = f"from {where}" if where else "detected"
+    checks.append(Check("dialect", OK, f"{dialect.name} ({chosen}); installed: {installed}"))
     return dialect
 
 
