@@ -216,7 +216,7 @@ def build(request: Request, host: HostFacts, *, strict: bool, resolved: Resolved
         model=model_path,
         served_model_name=served[0] if isinstance(served, list) and served else model_path,
         host=str(draft.vllm.get("host") or "0.0.0.0"),
-        port=int(draft.vllm.get("port") or 8000),
+        port=int(draft.vllm["port"]) if draft.vllm.get("port") is not None else 8000,
         supervisor=settings.supervisor,
         status_port=settings.status_port,
         cache=cache,
