@@ -1,0 +1,271 @@
+"""vLLM's stdout and stderr, re-emitted as the launcher's own structured log events.
+
+The pipes are read continuously by the event loop, so vLLM never blocks on a full pipe while the
+launcher does something else; memory stays bounded (lines are cut at LINE_LIMIT bytes, only the last
+RING_LINES lines are kept for diagnosis). Each line becomes one event with `source: "vllm"`, `stream`,
+`pid`, the line as `event` and the level vLLM printed (`INFO 05-09 ...`, `(EngineCore pid=7) WARNING`).
+
+While vLLM starts, lines are also matched against its well-known progress messages so the supervisor
+can log start-up phases with elapsed seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+from collections import deque
+from collections.abc import Callable
+from json.encoder import encode_basestring
+from typing import IO, Any, Protocol, TextIO
+
+import structlog
+
+from launcher import logs
+
+LINE_LIMIT = 16 * 1024  # bytes; longer lines are cut, the rest up to the newline is dropped
+CUT_MARK = " [...line cut at 16 KiB]"
+RING_LINES = 200
+
+_LEVEL = re.compile(r"(?:\([^)]*\)\s+)?(DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL)\b")
+_LEVEL_NAMES = {"WARN": "warning"}
+_LEVEL_NUMBERS = logging.getLevelNamesMapping()
+
+# vLLM's own progress lines, matched loosely: wording changes between versions and vLLM forks.
+PHASES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("weights_loaded", re.compile(r"Loading weights took|Model loading took|model weights took", re.I)),
+    ("kv_cache_sized", re.compile(r"# (?:[GNC]PU|npu) blocks|KV cache")),
+    ("listening", re.compile(r"Uvicorn running on|Application startup complete")),
+)
+_ANY_PHASE = re.compile("|".join(f"(?:{p.pattern})" for _, p in PHASES))
+
+# logs.redact() runs a large regex; a line needs it only when it holds a registered secret or one of
+# the words its patterns require. casefold() so that the check is at least as wide as re.IGNORECASE.
+_SECRET_WORDS = ("key", "token", "secret", "password", "passwd")
+
+
+def vllm_level(line: str) -> str:
+    """The level vLLM (or uvicorn) printed at the start of the line; `info` when there is none."""
+    match = _LEVEL.match(line)
+    if match is None:
+        return "info"
+    name = match.group(1)
+    return _LEVEL_NAMES.get(name, name.lower())
+
+
+def _needs_redaction(line: str) -> bool:
+    folded = line.casefold()
+    if any(word in folded for word in _SECRET_WORDS):
+        return True
+    return any(secret in line for secret in logs._secrets)
+
+
+def clean(line: str) -> str:
+    """Mask secrets and keep what a terminal would show of a carriage-return progress bar."""
+    if "\r" in line:
+        parts = [p for p in line.split("\r") if p]
+        line = parts[-1] if parts else ""
+    return logs.redact(line) if _needs_redaction(line) else line
+
+
+class LineSplitter:
+    """Bytes in, complete lines out. Bounded: never holds more than LINE_LIMIT bytes of a line."""
+
+    def __init__(self, limit: int = LINE_LIMIT) -> None:
+        self._limit = limit
+        self._pending = b""
+        self._skipping = False  # inside an over-long line whose head was already emitted
+
+    def _decode(self, raw: bytes) -> str:
+        return raw.decode("utf-8", "replace")
+
+    def feed(self, data: bytes) -> list[str]:
+        lines: list[str] = []
+        if self._skipping:
+            newline = data.find(b"\n")
+            if newline < 0:
+                return lines
+            self._skipping = False
+            data = data[newline + 1 :]
+        buffer = self._pending + data if self._pending else data
+        last = buffer.rfind(b"\n")
+        if last >= 0:
+            limit = self._limit
+            for raw in buffer[:last].split(b"\n"):
+                if len(raw) > limit:
+                    lines.append(self._decode(raw[:limit]) + CUT_MARK)
+                else:
+                    lines.append(self._decode(raw))
+            buffer = buffer[last + 1 :]
+        if len(buffer) > self._limit:
+            lines.append(self._decode(buffer[: self._limit]) + CUT_MARK)
+            buffer = b""
+            self._skipping = True
+        self._pending = buffer
+        return lines
+
+    def close(self) -> list[str]:
+        """What is left when the pipe ends: a last line without a newline."""
+        rest, self._pending, self._skipping = self._pending, b"", False
+        return [self._decode(rest)] if rest else []
+
+
+class Sink(Protocol):
+    def emit(self, stream: str, pid: int, items: list[tuple[str, str]]) -> None:
+        """Write (level, line) pairs read together from one stream."""
+
+
+class StructlogSink:
+    """Any structlog configuration (the console renderer on a terminal): one logger call per line."""
+
+    def __init__(self) -> None:
+        self._log = structlog.get_logger()
+
+    def emit(self, stream: str, pid: int, items: list[tuple[str, str]]) -> None:
+        for level, line in items:
+            self._log.log(
+                _LEVEL_NUMBERS.get(level.upper(), logging.INFO), line, source="vllm", stream=stream, pid=pid
+            )
+
+
+class JsonSink:
+    """The same JSON objects as `logs.configure("json")` writes, formatted here and written per chunk.
+
+    A structlog call costs ~20 µs a line, mostly the redaction regex that `clean()` already applied;
+    at vLLM's start-up bursts and under a log flood that would throttle vLLM through a full pipe.
+    Used only while the configuration is exactly the one this mirrors (see `make_sink`); a test
+    compares both outputs.
+    """
+
+    def __init__(self, out: TextIO, stamper: Any, min_level: int) -> None:
+        self._out = out
+        self._stamper = stamper
+        self._min_level = min_level
+
+    def emit(self, stream: str, pid: int, items: list[tuple[str, str]]) -> None:
+        # Lines that arrived in one read share a timestamp: they were read at the same instant.
+        stamp = encode_basestring(self._stamper(None, "info", {})["timestamp"])
+        head = f'{{"source": "vllm", "stream": "{stream}", "pid": {pid}, "event": '
+        min_level = self._min_level
+        parts = [
+            f'{head}{encode_basestring(line)}, "level": "{level}", "timestamp": {stamp}}}\n'
+            for level, line in items
+            if _LEVEL_NUMBERS.get(level.upper(), logging.INFO) >= min_level
+        ]
+        if parts:
+            self._out.write("".join(parts))
+            self._out.flush()
+
+
+def make_sink() -> Sink:
+    """The fast JSON sink when structlog is configured as `logs.configure("json")` does, else structlog."""
+    config = structlog.get_config()
+    procs = config["processors"]
+    out: TextIO | None = getattr(config["logger_factory"], "_file", None)
+    mirrored = (
+        len(procs) == 4
+        and procs[0] is structlog.processors.add_log_level
+        and isinstance(procs[1], structlog.processors.TimeStamper)
+        and procs[2] is logs._redact_event
+        and isinstance(procs[3], structlog.processors.JSONRenderer)
+        and out is not None
+    )
+    if not mirrored or out is None:
+        return StructlogSink()
+    return JsonSink(out, procs[1], structlog.get_logger().get_effective_level())
+
+
+class ChildOutput:
+    """Reads one child's stdout and stderr until both end; keeps the last lines for diagnosis."""
+
+    def __init__(
+        self,
+        pid: int,
+        *,
+        on_phase: Callable[[str], None] | None = None,
+        sink: Sink | None = None,
+        ring: int = RING_LINES,
+    ) -> None:
+        self.pid = pid
+        self._sink = sink if sink is not None else make_sink()
+        self._on_phase = on_phase
+        self._seen_phases: set[str] = set()
+        self._recent: deque[str] = deque(maxlen=ring)
+        self._transports: list[asyncio.BaseTransport] = []
+        self._done: list[asyncio.Future[None]] = []
+        self.lines = 0
+
+    def stop_watching_phases(self) -> None:
+        """After start-up the phase regexes would only cost time (and could match a later line)."""
+        self._on_phase = None
+
+    async def attach(self, stdout: IO[bytes], stderr: IO[bytes]) -> None:
+        loop = asyncio.get_running_loop()
+        for name, pipe in (("stdout", stdout), ("stderr", stderr)):
+            done: asyncio.Future[None] = loop.create_future()
+            transport, _ = await loop.connect_read_pipe(
+                functools.partial(_PipeReader, self, name, done), pipe
+            )
+            self._transports.append(transport)
+            self._done.append(done)
+
+    def recent(self, count: int | None = None) -> list[str]:
+        lines = list(self._recent)
+        return lines if count is None else lines[-count:]
+
+    def handle(self, stream: str, lines: list[str]) -> None:
+        items: list[tuple[str, str]] = []
+        phases: list[str] = []
+        watching = self._on_phase is not None
+        recent = self._recent
+        for raw in lines:
+            line = clean(raw)
+            recent.append(line)
+            if watching and _ANY_PHASE.search(line):
+                phases.extend(self._new_phases(line))
+            items.append((vllm_level(line), line))
+        self.lines += len(items)
+        self._sink.emit(stream, self.pid, items)
+        # After the lines: a phase event then follows the vLLM line that announced it.
+        if phases and self._on_phase is not None:
+            for name in phases:
+                self._on_phase(name)
+
+    def _new_phases(self, line: str) -> list[str]:
+        found = [name for name, pattern in PHASES if name not in self._seen_phases and pattern.search(line)]
+        self._seen_phases.update(found)
+        return found
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until both pipes end (every writer is gone), at most `timeout`; then close them.
+
+        Returns False when a pipe was still open: a process we could not kill still holds it.
+        """
+        finished = True
+        if self._done:
+            _, pending = await asyncio.wait(self._done, timeout=timeout)
+            finished = not pending
+        for transport in self._transports:
+            transport.close()
+        return finished
+
+
+class _PipeReader(asyncio.Protocol):
+    def __init__(self, owner: ChildOutput, stream: str, done: asyncio.Future[None]) -> None:
+        self._owner = owner
+        self._stream = stream
+        self._done = done
+        self._splitter = LineSplitter()
+
+    def data_received(self, data: bytes) -> None:
+        lines = self._splitter.feed(data)
+        if lines:
+            self._owner.handle(self._stream, lines)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        rest = self._splitter.close()
+        if rest:
+            self._owner.handle(self._stream, rest)
+        if not self._done.done():
+            self._done.set_result(None)
