@@ -1,0 +1,10 @@
+"""Kills itself with signal CHILD_SIGNAL (a number), the way a crash or the OOM killer would."""
+
+import os
+import signal
+
+signum = int(os.environ["CHILD_SIGNAL"])
+print(f"die_by_signal: dying by {signum}", flush=True)
+signal.signal(signum, signal.SIG_DFL)
+os.kill(os.getpid(), signum)
+signal.pause()
