@@ -15,13 +15,17 @@ from typing import Any, TextIO
 import structlog
 
 MASK = "***"
-SECRET_ENV = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.IGNORECASE)
-# `--api-key=abc`, `--api-key abc`, `HF_TOKEN=abc`, `"api_key": "abc"` inside free text.
+# Names of variables and fields whose values are secret: OPENAI_API_KEY, HF_TOKEN, MY_KEY, api_key...
+# Names of variables and fields whose values are secret: OPENAI_API_KEY, HF_TOKEN, MY_KEY, api_key...
+# Anchored at the end so MAX_NUM_BATCHED_TOKENS or max_tokens are not taken for secrets.
+SECRET_ENV = re.compile(r"(API_?KEY$|(^|_)KEY$|TOKEN$|SECRET|PASSW(OR)?D|CREDENTIAL)", re.IGNORECASE)
+# Log fields that describe a secret without being one (an error names the key it is about).
+_PLAIN_FIELDS = frozenset({"event", "key", "fix", "what", "message", "level", "timestamp"})
+# Secrets inside free text: `--api-key=abc`, `--hf-token abc`, `HF_TOKEN=abc`, `"api_key": "abc"`.
 _SECRET_TEXT = re.compile(
-    r"(?P<k>--[\w-]*(?:api-key|token|secret|password)[\w-]*[= ]"
-    r"|\b[A-Z0-9_]*(?:API_KEY|TOKEN|SECRET|PASSWORD)[A-Z0-9_]*="
-    r"|[\"']?(?:api_key|token|secret|password)[\"']?\s*:\s*[\"']?)(?P<v>[^\s\"',}]+)",
-    re.IGNORECASE,
+    r"(?P<k>(?i:--(?:[\w-]*-)?(?:api-key|token|secret|password)[= ])"
+    r"|\b[A-Z0-9_]*(?:API_KEY|_KEY|TOKEN|SECRET|PASSWORD)="
+    r"|(?i:[\"']?(?:api_key|token|secret|password)[\"']?\s*:\s*[\"']?))(?P<v>[^\s\"',}]+)"
 )
 
 _secrets: set[str] = set()
@@ -41,7 +45,7 @@ def redact(text: str) -> str:
 def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key, value in list(event.items()):
         if isinstance(value, str):
-            event[key] = MASK if SECRET_ENV.search(key) and key not in ("event",) else redact(value)
+            event[key] = MASK if SECRET_ENV.search(key) and key not in _PLAIN_FIELDS else redact(value)
         elif isinstance(value, list):
             event[key] = [redact(v) if isinstance(v, str) else v for v in value]
     return event
@@ -50,6 +54,7 @@ def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
 def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None = None) -> None:
     """Set up structlog. `fmt` None picks JSON unless the stream is a terminal."""
     out = stream if stream is not None else sys.stdout
+    _secrets.clear()  # each invocation registers the secrets of its own plan
     if fmt is None:
         fmt = "console" if out.isatty() else "json"
     renderer: Any

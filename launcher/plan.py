@@ -66,7 +66,7 @@ class Plan:
             "entrypoint": self.entrypoint,
             "health_url": self.health_url,
             "supervisor": self.supervisor.model_dump(),
-            "sources": dict(sorted(self.sources.items())),
+            "sources": {k: m(v) for k, v in sorted(self.sources.items())},
         }
 
     def to_json(self, *, masked: bool = True) -> str:

@@ -78,6 +78,14 @@ class GraphSettings(_Section):
     mode: GraphMode = "auto"
     decode_gears: list[int] | None = None
 
+    @field_validator("decode_gears", mode="before")
+    @classmethod
+    def _gear_text(cls, value: Any) -> Any:
+        # From --set or the environment: "2,4,8" or "[2, 4, 8]".
+        if isinstance(value, str):
+            return [part for part in re.split(r"[\s,\[\]]+", value) if part]
+        return value
+
 
 class SpeculativeSettings(_Section):
     """Speculative decoding, rendered as 0.6 flags or as --speculative-config JSON."""
