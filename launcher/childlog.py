@@ -124,9 +124,7 @@ class StructlogSink:
 
     def emit(self, stream: str, pid: int, items: list[tuple[str, str]]) -> None:
         for level, line in items:
-            self._log.log(
-                _LEVEL_NUMBERS.get(level.upper(), logging.INFO), line, source="vllm", stream=stream, pid=pid
-            )
+            self._log.log(_LEVEL_NUMBERS.get(level.upper(), logging.INFO), line, source="vllm", stream=stream, pid=pid)
 
 
 class JsonSink:
@@ -204,9 +202,7 @@ class ChildOutput:
         loop = asyncio.get_running_loop()
         for name, pipe in (("stdout", stdout), ("stderr", stderr)):
             done: asyncio.Future[None] = loop.create_future()
-            transport, _ = await loop.connect_read_pipe(
-                functools.partial(_PipeReader, self, name, done), pipe
-            )
+            transport, _ = await loop.connect_read_pipe(functools.partial(_PipeReader, self, name, done), pipe)
             self._transports.append(transport)
             self._done.append(done)
 

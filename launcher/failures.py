@@ -144,17 +144,14 @@ def diagnose(
     if returncode == 0:
         return Diagnosis(
             "exited_unexpectedly",
-            "vLLM exited with status 0 although nobody asked it to stop; an engine failure can end the "
-            "server this way",
+            "vLLM exited with status 0 although nobody asked it to stop; an engine failure can end the server this way",
         )
     return Diagnosis("exited_with_error", None)
 
 
 def termination_message(returncode: int, diagnosis: Diagnosis, lines: Sequence[str], note: str = "") -> str:
     """At most TERMINATION_LOG_LIMIT bytes: the reason, the hint, then as many last lines as fit."""
-    how = (
-        f"was killed by {signal_name(-returncode)}" if returncode < 0 else f"exited with status {returncode}"
-    )
+    how = f"was killed by {signal_name(-returncode)}" if returncode < 0 else f"exited with status {returncode}"
     head = f"vLLM {how} (exit code {exit_code(returncode)}): {diagnosis.reason}\n"
     if diagnosis.hint:
         head += f"hint: {diagnosis.hint}\n"

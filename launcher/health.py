@@ -54,9 +54,7 @@ class Prober:
         path, body = self._warmup
         return await self._request("POST", self.base_url + path, body, timeout)
 
-    async def _request(
-        self, method: str, url: str, body: dict[str, Any] | None, timeout: float | None
-    ) -> Probe:
+    async def _request(self, method: str, url: str, body: dict[str, Any] | None, timeout: float | None) -> Probe:
         try:
             async with self._client().request(
                 method, url, json=body, timeout=aiohttp.ClientTimeout(total=timeout)

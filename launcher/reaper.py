@@ -122,9 +122,7 @@ class Reaper:
             elif not future.done():
                 future.set_result(returncode)
 
-    async def kill_all(
-        self, pgid: int | None, timeout: float = 5.0
-    ) -> tuple[list[int], list[psutil.Process]]:
+    async def kill_all(self, pgid: int | None, timeout: float = 5.0) -> tuple[list[int], list[psutil.Process]]:
         """SIGKILL every descendant and every member of `pgid`, reap them, and verify none is left.
 
         Several rounds, because a process can fork between our listing and our kill; each round lists

@@ -39,9 +39,7 @@ class Status:
         self.last_exit_hint: str | None = None
 
         self.registry = CollectorRegistry(auto_describe=True)
-        self._restarts = Counter(
-            "launch_restarts", "vLLM restarts done by the launcher", registry=self.registry
-        )
+        self._restarts = Counter("launch_restarts", "vLLM restarts done by the launcher", registry=self.registry)
         self._health_failures = Counter(
             "launch_health_check_failures", "Failed /health checks of a ready vLLM", registry=self.registry
         )

@@ -236,9 +236,7 @@ class Supervisor:
             )
             if delay is None:
                 why = self._why_no_restart(outcome)
-                self.log.error(
-                    "giving_up", exit_code=outcome.exit_code, reason=outcome.diagnosis.reason, why=why
-                )
+                self.log.error("giving_up", exit_code=outcome.exit_code, reason=outcome.diagnosis.reason, why=why)
                 self._write_termination_log(outcome, note=f"the launcher gave up: {why}")
                 return outcome.exit_code
             self.status.backoff()
