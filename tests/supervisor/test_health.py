@@ -17,8 +17,8 @@ def metric(text: str, name: str) -> float:
     raise AssertionError(f"{name} not in /metrics:\n{text}")
 
 
-def test_status_endpoint_follows_start_up(launch):
-    launcher = launch(child("fake_vllm.py"), env={"FAKE_START_DELAY": "1.5"})
+def test_status_endpoint_follows_start_up(run_launcher):
+    launcher = run_launcher(child("fake_vllm.py"), env={"FAKE_START_DELAY": "1.5"})
     started = launcher.wait_for("child_started")
     assert launcher.get("/livez")[0] == 200
     assert launcher.get("/readyz")[0] == 503
@@ -52,9 +52,9 @@ def test_status_endpoint_follows_start_up(launch):
         ("api_server", "/generate", {"prompt": "hello", "max_tokens": 8}),
     ],
 )
-def test_warm_up_request_before_ready(launch, tmp_path, entrypoint, path, body):
+def test_warm_up_request_before_ready(run_launcher, tmp_path, entrypoint, path, body):
     record = tmp_path / "warmup.jsonl"
-    launcher = launch(
+    launcher = run_launcher(
         child("fake_vllm.py"),
         env={"FAKE_WARMUP_LOG": str(record)},
         supervisor={"warmup": True},
@@ -69,8 +69,8 @@ def test_warm_up_request_before_ready(launch, tmp_path, entrypoint, path, body):
     assert launcher.wait_exit() == 0
 
 
-def test_a_failing_warm_up_fails_the_start(launch):
-    launcher = launch(
+def test_a_failing_warm_up_fails_the_start(run_launcher):
+    launcher = run_launcher(
         child("fake_vllm.py"),
         env={"FAKE_WARMUP_STATUS": "500"},
         supervisor={"warmup": True, "restart": "never"},
@@ -81,8 +81,8 @@ def test_a_failing_warm_up_fails_the_start(launch):
     assert not launcher.find("ready")
 
 
-def test_start_timeout(launch):
-    launcher = launch(
+def test_start_timeout(run_launcher):
+    launcher = run_launcher(
         child("fake_vllm.py"),
         env={"FAKE_START_DELAY": "600"},
         supervisor={"start_timeout": 1.0, "restart": "never"},
@@ -92,9 +92,9 @@ def test_start_timeout(launch):
 
 
 @pytest.mark.parametrize("failure", ["FAKE_HANG_FILE", "FAKE_503_FILE"])
-def test_unhealthy_vllm_is_restarted(launch, tmp_path, failure):
+def test_unhealthy_vllm_is_restarted(run_launcher, tmp_path, failure):
     trigger = tmp_path / "fail-now"
-    launcher = launch(
+    launcher = run_launcher(
         child("fake_vllm.py"),
         env={failure: str(trigger)},
         supervisor={"health_timeout": 0.5, "unhealthy_after": 2, "backoff_initial": 0.1},
@@ -117,9 +117,9 @@ def test_unhealthy_vllm_is_restarted(launch, tmp_path, failure):
     assert launcher.wait_exit() == 0
 
 
-def test_a_failed_health_check_makes_readyz_fail_until_it_recovers(launch, tmp_path):
+def test_a_failed_health_check_makes_readyz_fail_until_it_recovers(run_launcher, tmp_path):
     trigger = tmp_path / "dead"
-    launcher = launch(
+    launcher = run_launcher(
         child("fake_vllm.py"), env={"FAKE_503_FILE": str(trigger)}, supervisor={"unhealthy_after": 1000}
     )
     launcher.wait_for("ready")

@@ -24,8 +24,8 @@ def gone(pid: int) -> bool:
     return False
 
 
-def test_orphans_are_adopted_and_the_whole_tree_is_killed_on_stop(launch):
-    launcher = launch(child("tree.py"))
+def test_orphans_are_adopted_and_the_whole_tree_is_killed_on_stop(run_launcher):
+    launcher = run_launcher(child("tree.py"))
     grandchild, own_group, orphan = tree_pids(launcher)
     assert psutil.Process(orphan).ppid() == launcher.pid  # the launcher is a child subreaper
     assert len(launcher.leftovers()) == 4  # vLLM, two grandchildren, the orphan
@@ -37,8 +37,8 @@ def test_orphans_are_adopted_and_the_whole_tree_is_killed_on_stop(launch):
     assert launcher.leftovers() == []
 
 
-def test_a_crash_leaves_no_process_and_keeps_its_status(launch):
-    launcher = launch(child("tree.py"), env={"CHILD_TREE_EXIT": "3"}, supervisor={"restart": "never"})
+def test_a_crash_leaves_no_process_and_keeps_its_status(run_launcher):
+    launcher = run_launcher(child("tree.py"), env={"CHILD_TREE_EXIT": "3"}, supervisor={"restart": "never"})
     pids = tree_pids(launcher)
     assert launcher.wait_exit() == 3
     assert launcher.wait_for("child_exited")["status"] == 3
@@ -46,8 +46,8 @@ def test_a_crash_leaves_no_process_and_keeps_its_status(launch):
     assert launcher.leftovers() == []
 
 
-def test_orphans_are_reaped_while_vllm_runs(launch):
-    launcher = launch(child("tree.py"), env={"CHILD_ORPHAN_LIFETIME": "0.3"})
+def test_orphans_are_reaped_while_vllm_runs(run_launcher):
+    launcher = run_launcher(child("tree.py"), env={"CHILD_ORPHAN_LIFETIME": "0.3"})
     *_, orphan = tree_pids(launcher)
     # The orphan ends on its own; only its new parent, the launcher, can reap the zombie.
     wait_until(lambda: gone(orphan), what="the orphan's zombie to be reaped")

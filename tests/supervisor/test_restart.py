@@ -8,8 +8,8 @@ import time
 from .helpers import child
 
 
-def test_crash_at_start_is_retried_with_growing_delays_then_given_up(launch):
-    launcher = launch(
+def test_crash_at_start_is_retried_with_growing_delays_then_given_up(run_launcher):
+    launcher = run_launcher(
         child("exit_with.py"),
         env={"CHILD_EXIT_CODE": "5"},
         supervisor={"max_restarts": 3, "backoff_initial": 0.2, "backoff_max": 10},
@@ -23,8 +23,8 @@ def test_crash_at_start_is_retried_with_growing_delays_then_given_up(launch):
     assert "3 restarts within" in launcher.wait_for("giving_up")["why"]
 
 
-def test_backoff_is_capped(launch):
-    launcher = launch(
+def test_backoff_is_capped(run_launcher):
+    launcher = run_launcher(
         child("exit_with.py"),
         env={"CHILD_EXIT_CODE": "5"},
         supervisor={"max_restarts": 4, "backoff_initial": 0.1, "backoff_max": 0.2},
@@ -33,8 +33,8 @@ def test_backoff_is_capped(launch):
     assert max(e["delay_s"] for e in launcher.find("restarting")) <= 0.2
 
 
-def test_rejected_arguments_are_not_retried(launch):
-    launcher = launch(child("bad_args.py"), supervisor={"restart": "always"})
+def test_rejected_arguments_are_not_retried(run_launcher):
+    launcher = run_launcher(child("bad_args.py"), supervisor={"restart": "always"})
     assert launcher.wait_exit() == 2
     exited = launcher.wait_for("child_exited")
     assert exited["reason"] == "bad_argument"
@@ -44,17 +44,15 @@ def test_rejected_arguments_are_not_retried(launch):
     assert len(launcher.find("child_started")) == 1
 
 
-def test_exit_zero_nobody_asked_for_is_restarted(launch):
-    launcher = launch(child("exit_with.py"), env={"CHILD_EXIT_CODE": "0"}, supervisor={"max_restarts": 1})
+def test_exit_zero_nobody_asked_for_is_restarted(run_launcher):
+    launcher = run_launcher(child("exit_with.py"), env={"CHILD_EXIT_CODE": "0"}, supervisor={"max_restarts": 1})
     assert launcher.wait_exit() == 1
     assert launcher.wait_for("restarting")["reason"] == "exited_unexpectedly"
     assert len(launcher.find("child_started")) == 2
 
 
-def test_sigterm_during_backoff_ends_at_once_with_the_last_status(launch):
-    launcher = launch(
-        child("exit_with.py"), env={"CHILD_EXIT_CODE": "5"}, supervisor={"backoff_initial": 600}
-    )
+def test_sigterm_during_backoff_ends_at_once_with_the_last_status(run_launcher):
+    launcher = run_launcher(child("exit_with.py"), env={"CHILD_EXIT_CODE": "5"}, supervisor={"backoff_initial": 600})
     launcher.wait_for("restarting")
     sent = time.monotonic()
     launcher.send(signal.SIGTERM)
@@ -63,10 +61,10 @@ def test_sigterm_during_backoff_ends_at_once_with_the_last_status(launch):
     assert len(launcher.find("child_started")) == 1
 
 
-def test_termination_log_holds_reason_hint_and_last_lines(launch, tmp_path):
+def test_termination_log_holds_reason_hint_and_last_lines(run_launcher, tmp_path):
     path = tmp_path / "termination-log"
     noise = "\n".join(f"noise line {i} " + "y" * 200 for i in range(100))
-    launcher = launch(
+    launcher = run_launcher(
         child("exit_with.py"),
         env={
             "CHILD_EXIT_CODE": "1",
@@ -84,9 +82,9 @@ def test_termination_log_holds_reason_hint_and_last_lines(launch, tmp_path):
     assert "noise line 99 " in text  # the newest lines are kept, the oldest dropped to fit
 
 
-def test_a_requested_stop_writes_no_termination_log(launch, tmp_path):
+def test_a_requested_stop_writes_no_termination_log(run_launcher, tmp_path):
     path = tmp_path / "termination-log"
-    launcher = launch(child("signals.py"), supervisor={"termination_log": str(path)})
+    launcher = run_launcher(child("signals.py"), supervisor={"termination_log": str(path)})
     launcher.wait_for_line("child ready")
     launcher.send(signal.SIGTERM)
     assert launcher.wait_exit() == 0

@@ -11,8 +11,8 @@ import pytest
 from .helpers import child, wait_until
 
 
-def test_every_signal_is_forwarded(launch):
-    launcher = launch(child("signals.py"))
+def test_every_signal_is_forwarded(run_launcher):
+    launcher = run_launcher(child("signals.py"))
     launcher.wait_for_line("child ready")
     for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         launcher.send(signum)
@@ -24,8 +24,8 @@ def test_every_signal_is_forwarded(launch):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGQUIT])
-def test_stop_signals_are_forwarded_and_end_the_launcher(launch, signum):
-    launcher = launch(child("signals.py"), env={"CHILD_EXIT_ON_STOP": "7"}, supervisor={"restart": "always"})
+def test_stop_signals_are_forwarded_and_end_the_launcher(run_launcher, signum):
+    launcher = run_launcher(child("signals.py"), env={"CHILD_EXIT_ON_STOP": "7"}, supervisor={"restart": "always"})
     launcher.wait_for_line("child ready")
     launcher.send(signum)
     launcher.wait_for_line(f"child got {signum.name}")
@@ -34,8 +34,8 @@ def test_stop_signals_are_forwarded_and_end_the_launcher(launch, signum):
     assert not launcher.find("restarting")
 
 
-def test_a_child_that_ignores_sigterm_is_killed_after_stop_timeout(launch):
-    launcher = launch(child("signals.py"), env={"CHILD_IGNORE_TERM": "1"}, supervisor={"stop_timeout": 1.0})
+def test_a_child_that_ignores_sigterm_is_killed_after_stop_timeout(run_launcher):
+    launcher = run_launcher(child("signals.py"), env={"CHILD_IGNORE_TERM": "1"}, supervisor={"stop_timeout": 1.0})
     launcher.wait_for_line("child ready")
     sent = time.monotonic()
     launcher.send(signal.SIGTERM)
@@ -46,8 +46,8 @@ def test_a_child_that_ignores_sigterm_is_killed_after_stop_timeout(launch):
     assert launcher.leftovers() == []
 
 
-def test_second_sigterm_kills_at_once(launch):
-    launcher = launch(child("signals.py"), env={"CHILD_IGNORE_TERM": "1"}, supervisor={"stop_timeout": 120})
+def test_second_sigterm_kills_at_once(run_launcher):
+    launcher = run_launcher(child("signals.py"), env={"CHILD_IGNORE_TERM": "1"}, supervisor={"stop_timeout": 120})
     launcher.wait_for_line("child ready")
     launcher.send(signal.SIGTERM)
     launcher.wait_for("stopping")
@@ -59,8 +59,8 @@ def test_second_sigterm_kills_at_once(launch):
     assert launcher.leftovers() == []
 
 
-def test_not_ready_as_soon_as_sigterm_arrives(launch):
-    launcher = launch(child("fake_vllm.py"), env={"FAKE_IGNORE_TERM": "1"}, supervisor={"stop_timeout": 120})
+def test_not_ready_as_soon_as_sigterm_arrives(run_launcher):
+    launcher = run_launcher(child("fake_vllm.py"), env={"FAKE_IGNORE_TERM": "1"}, supervisor={"stop_timeout": 120})
     ready = launcher.wait_for("ready")
     assert launcher.get("/readyz")[0] == 200
     launcher.send(signal.SIGTERM)

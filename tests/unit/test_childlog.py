@@ -140,9 +140,7 @@ def test_child_output_reads_pipes_to_the_end_and_reports_phases_after_their_line
     async def scenario() -> ChildOutput:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        output = ChildOutput(
-            123, on_phase=lambda name: seen.append((name, len(buffer.getvalue().splitlines())))
-        )
+        output = ChildOutput(123, on_phase=lambda name: seen.append((name, len(buffer.getvalue().splitlines()))))
         await output.attach(os.fdopen(out_r, "rb"), os.fdopen(err_r, "rb"))
         os.write(out_w, b"INFO x Loading weights took 1.2 seconds\nINFO x # NPU blocks: 10\n")
         os.write(err_w, b"INFO:     Uvicorn running on http://0.0.0.0:8000\n")

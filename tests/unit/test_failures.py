@@ -79,15 +79,12 @@ def test_a_healthy_torchair_cache_line_is_not_blamed():
 )
 def test_status_and_trigger_decide_when_no_line_does(returncode, was_ready, trigger, reason):
     assert (
-        diagnose(returncode, ["nothing useful"], requested=False, was_ready=was_ready, trigger=trigger).reason
-        == reason
+        diagnose(returncode, ["nothing useful"], requested=False, was_ready=was_ready, trigger=trigger).reason == reason
     )
 
 
 def test_a_requested_stop_is_just_stopped():
-    assert diagnose(-signal.SIGKILL, ["EngineDeadError"], requested=True, was_ready=True) == Diagnosis(
-        "stopped"
-    )
+    assert diagnose(-signal.SIGKILL, ["EngineDeadError"], requested=True, was_ready=True) == Diagnosis("stopped")
 
 
 def test_termination_message_fits_and_keeps_the_newest_lines():
