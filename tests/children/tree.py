@@ -1,8 +1,8 @@
 """Builds a process tree that vLLM-like shutdowns leave behind, then prints "tree pids=[...]".
 
 - two grandchildren that ignore SIGTERM (one moved to its own process group: only the tree finds it);
-- a double-forked orphan in its own session (only the subreaper finds it). It exits after
-  CHILD_ORPHAN_LIFETIME seconds if set (a zombie to reap), else it sleeps forever.
+- a double-forked orphan in its own session (only the subreaper finds it). It exits once the file
+  CHILD_ORPHAN_EXIT_FILE exists (a zombie to reap), else it runs until killed.
 CHILD_TREE_EXIT: exit with this status right after building the tree; unset: wait for SIGTERM, exit 0.
 """
 
@@ -28,8 +28,9 @@ if os.fork() == 0:
         os.write(write_fd, str(orphan).encode())
         os._exit(0)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    lifetime = os.environ.get("CHILD_ORPHAN_LIFETIME")
-    time.sleep(float(lifetime) if lifetime else 10**6)
+    exit_file = os.environ.get("CHILD_ORPHAN_EXIT_FILE")
+    while not (exit_file and os.path.exists(exit_file)):
+        time.sleep(0.05)
     os._exit(0)
 os.wait()  # the intermediate process: its child is now an orphan
 orphan_pid = int(os.read(read_fd, 64))

@@ -46,10 +46,13 @@ def test_a_crash_leaves_no_process_and_keeps_its_status(run_launcher):
     assert launcher.leftovers() == []
 
 
-def test_orphans_are_reaped_while_vllm_runs(run_launcher):
-    launcher = run_launcher(child("tree.py"), env={"CHILD_ORPHAN_LIFETIME": "0.3"})
+def test_orphans_are_reaped_while_vllm_runs(run_launcher, tmp_path):
+    exit_file = tmp_path / "orphan-may-exit"
+    launcher = run_launcher(child("tree.py"), env={"CHILD_ORPHAN_EXIT_FILE": str(exit_file)})
     *_, orphan = tree_pids(launcher)
-    # The orphan ends on its own; only its new parent, the launcher, can reap the zombie.
+    assert psutil.Process(orphan).ppid() == launcher.pid
+    exit_file.touch()
+    # The orphan ends; only its new parent, the launcher, can reap the zombie.
     wait_until(lambda: gone(orphan), what="the orphan's zombie to be reaped")
 
     def zombies() -> list[psutil.Process]:
