@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import subprocess
@@ -467,6 +468,10 @@ def _set_returncode(child: subprocess.Popen[bytes], done: asyncio.Future[int]) -
 
 def run_supervised(plan: Plan) -> int:
     """Start vLLM as the plan says and supervise it until it is gone for good; the exit code to use."""
+    # Everything imported so far lives as long as the launcher: out of the collector's sight, it costs
+    # no idle GC passes, and the interpreter's exit (part of a pod's stop time) takes ~10 ms instead of
+    # ~60 ms of collecting pydantic's and aiohttp's import-time objects.
+    gc.freeze()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(Supervisor(plan).run())
 

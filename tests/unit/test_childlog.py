@@ -14,6 +14,7 @@ import uvloop
 from launcher import logs
 from launcher.childlog import (
     CUT_MARK,
+    PHASES,
     ChildOutput,
     JsonSink,
     LineSplitter,
@@ -158,3 +159,29 @@ def test_child_output_reads_pipes_to_the_end_and_reports_phases_after_their_line
     assert output.lines == 4
     events = [json.loads(line) for line in buffer.getvalue().splitlines()]
     assert {e["stream"] for e in events} == {"stdout", "stderr"}
+
+
+class _ListSink:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str, str]] = []
+
+    def emit(self, stream: str, pid: int, items: list[tuple[str, str]]) -> None:
+        self.items += [(stream, level, line) for level, line in items]
+
+
+@pytest.mark.parametrize(("phase", "needle"), [(name, needle) for name, needles in PHASES for needle in needles])
+def test_every_phase_wording_is_recognised(phase, needle):
+    seen: list[str] = []
+    output = ChildOutput(1, on_phase=seen.append, sink=_ListSink())
+    output.handle("stdout", ["INFO 05-09 10:00:00 [x.py:1] unrelated", f"INFO 05-09 [x.py:9] {needle} 1.5 s"])
+    assert seen == [phase]
+    output.handle("stdout", [f"again: {needle}"])
+    assert seen == [phase]  # each phase once per start
+
+
+def test_phases_are_not_watched_after_start_up():
+    seen: list[str] = []
+    output = ChildOutput(1, on_phase=seen.append, sink=_ListSink())
+    output.stop_watching_phases()
+    output.handle("stdout", ["Loading weights took 1 s"])
+    assert seen == []
