@@ -2,9 +2,11 @@
 
 import os
 import sys
+import time
 
 for line in os.environ.get("CHILD_SAY", "").splitlines():
     print(line, file=sys.stderr)
-print(f"exit_with: exiting with {os.environ.get('CHILD_EXIT_CODE', '1')}", flush=True)
+# The wall-clock moment of the crash, for bench_supervisor's crash-to-restart latency.
+print(f"exit_with: exiting with {os.environ.get('CHILD_EXIT_CODE', '1')} at {time.time():.6f}", flush=True)
 sys.stderr.flush()
 sys.exit(int(os.environ.get("CHILD_EXIT_CODE", "1")))
