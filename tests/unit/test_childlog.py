@@ -20,6 +20,7 @@ from launcher.childlog import (
     LineSplitter,
     StructlogSink,
     clean,
+    clean_lines,
     make_sink,
     vllm_level,
 )
@@ -185,3 +186,18 @@ def test_phases_are_not_watched_after_start_up():
     output.stop_watching_phases()
     output.handle("stdout", ["Loading weights took 1 s"])
     assert seen == []
+
+
+def test_clean_lines_checks_the_chunk_then_only_the_lines_that_need_it():
+    lines = ["plain", "--api-key sk-77 here", "p: 1%\rp: 99%", "token=abc", "also plain"]
+    assert clean_lines(lines) == [clean(line) for line in lines]
+    assert clean_lines(lines)[1] == "--api-key *** here"
+    assert clean_lines(["a", "b"]) == ["a", "b"]
+
+
+def test_a_long_line_among_short_ones_is_cut_by_bytes():
+    splitter = LineSplitter(limit=40)
+    wide = "é" * 30  # 30 characters, 60 bytes
+    lines = splitter.feed(("short\n" + wide + "\nshort again\n").encode())
+    assert lines[0] == "short" and lines[2] == "short again"
+    assert lines[1] == "é" * 20 + CUT_MARK
