@@ -81,6 +81,7 @@ class Launcher:
         count_lines_with: bytes | None = None,
         entrypoint: str = "openai",
         served_model_name: str | None = None,
+        exec_mode: bool = False,
     ) -> None:
         self.marker = uuid.uuid4().hex
         self.port = free_port()
@@ -93,7 +94,7 @@ class Launcher:
             sets["vllm.served_model_name"] = served_model_name
         timings = {"backoff_initial": 0.1, "health_interval": 0.2, "health_timeout": 1.0, **(supervisor or {})}
         sets.update({f"supervisor.{key}": value for key, value in timings.items()})
-        command = [PYTHON, "-m", "launcher", "run", "--model", MODEL, *dialect]
+        command = [PYTHON, "-m", "launcher", "run", "--model", MODEL, *dialect, *(["--exec"] if exec_mode else [])]
         for key, value in sets.items():
             text = str(value).lower() if isinstance(value, bool) else str(value)
             command += ["--set", f"{key}={text}"]
@@ -182,6 +183,18 @@ class Launcher:
 
     def wait_for_line(self, text: str, timeout: float = DEADLINE) -> dict[str, Any]:
         return self.wait_for(where=lambda e: e.get("source") == "vllm" and text in e["event"], timeout=timeout)
+
+    def wait_for_raw(self, text: str, timeout: float = DEADLINE) -> str:
+        """A line that is not one of the launcher's events (after --exec, vLLM writes itself)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [line for line in self.other if text in line]
+                if found:
+                    return found[0]
+                if self.eof or time.monotonic() > deadline:
+                    raise AssertionError(f"no line with {text!r}; log tail:\n" + self.tail())
+                self._cond.wait(0.1)
 
     def tail(self, count: int = 40) -> str:
         with self._cond:
