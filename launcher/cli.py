@@ -19,7 +19,7 @@ from launcher import __version__, logs
 from launcher.errors import EXIT_CONFIG, EXIT_OK, LaunchError
 from launcher.plan import Plan
 
-COMMANDS = ("run", "render", "check", "profiles", "demo")
+COMMANDS = ("run", "render", "check", "profiles", "cache", "demo")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     profiles = sub.add_parser("profiles", help="list profiles, or `profiles show NAME`")
     profiles.add_argument("action", nargs="?", choices=("list", "show"), default="list")
     profiles.add_argument("name", nargs="?")
+    from launcher import cachecli
+
+    cachecli.add_parser(sub, _common)
     demo = sub.add_parser("demo", help="serve a tiny local model with the real vLLM (CPU)")
     demo.add_argument("rest", nargs=argparse.REMAINDER)
     return top
@@ -84,6 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "profiles":
             return _profiles(args)
+        if command == "cache":
+            from launcher import cachecli, planner
+
+            settings = planner.resolve(_request(args, extra), environ).settings
+            return cachecli.run(args, settings.cache_dir)
         if command == "demo":
             from launcher import demo
 

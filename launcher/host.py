@@ -22,6 +22,7 @@ class HostFacts:
     python: str = "python"
     installed: Mapping[str, str] = field(default_factory=dict)  # distribution -> version
     mindspeed: bool = False  # MindSpeed importable (MoE models on the 0.6 dialect need it)
+    cann_version: str | None = None  # part of the graph-cache fingerprint
 
 
 def installed_versions() -> dict[str, str]:

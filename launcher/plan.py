@@ -13,6 +13,26 @@ MASK = "***"
 
 
 @dataclass(frozen=True)
+class CachePlan:
+    """The graph-compile cache entry this start uses: LAUNCH_CACHE_DIR/<fingerprint>/data."""
+
+    root: str
+    fingerprint: str
+    inputs: dict[str, Any]
+    max_entries: int | None = None
+    max_bytes: int | None = None
+    wait: float = 1800.0
+
+    @property
+    def entry(self) -> str:
+        return f"{self.root.rstrip('/')}/{self.fingerprint}"
+
+    @property
+    def data(self) -> str:
+        return f"{self.entry}/data"
+
+
+@dataclass(frozen=True)
 class Plan:
     argv: list[str]
     env: dict[str, str]  # only the variables the launcher sets or changes
@@ -28,7 +48,8 @@ class Plan:
     port: int = 8000
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     status_port: int | None = None
-    cache_dir: str | None = None
+    cache: CachePlan | None = None
+    extra_args: list[str] = field(default_factory=list)
     sources: dict[str, str] = field(default_factory=dict)
     secrets: frozenset[str] = frozenset()  # values never shown in clear
 
@@ -66,6 +87,7 @@ class Plan:
             "entrypoint": self.entrypoint,
             "health_url": self.health_url,
             "supervisor": self.supervisor.model_dump(),
+            "cache": {"dir": self.cache.data, "fingerprint": self.cache.fingerprint} if self.cache else None,
             "sources": {k: m(v) for k, v in sorted(self.sources.items())},
         }
 

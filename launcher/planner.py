@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -9,13 +10,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from launcher import dialects, flags, profiles, rules
+from launcher import dialects, fingerprint, flags, profiles, rules
 from launcher.errors import ConfigError, PreflightError
 from launcher.host import HostFacts
 from launcher.layers import Layer, Merged, environment_layer, merge, set_option_layer
 from launcher.logs import SECRET_ENV
 from launcher.modelinfo import ModelDirError, ModelInfo, read_model
-from launcher.plan import Plan
+from launcher.plan import CachePlan, Plan
 from launcher.settings import LaunchSettings
 
 DEFAULT_PROFILE = "base"
@@ -177,14 +178,21 @@ def build(request: Request, host: HostFacts, *, strict: bool) -> Plan:
     if draft.spec is not None:
         _add_env(draft, dialects.speculative_flags(dialect, draft.spec, draft.vllm), "speculative")
 
-    argv = _argv(settings, dialect, model_path, draft.vllm, host, request.extra_args)
     plan_env = _container_wins(draft, merged, host)
+    cache = _cache_plan(settings, dialect, draft, plan_env, host, model_path, request.extra_args)
+    cwd = None
+    if cache is not None:
+        cwd, cache_env = _cache_location(dialect, cache)
+        plan_env.update(cache_env)
+        if cwd is not None:
+            model_path = os.path.abspath(model_path)  # the child starts elsewhere
+    argv = _argv(settings, dialect, model_path, draft.vllm, host, request.extra_args)
     secrets = _secrets(draft.vllm, plan_env, request.extra_args)
     served = draft.vllm.get("served_model_name")
     return Plan(
         argv=argv,
         env=plan_env,
-        cwd=None,
+        cwd=cwd,
         dialect=dialect.name,
         profiles=resolved.profiles,
         warnings=draft.warnings,
@@ -196,10 +204,50 @@ def build(request: Request, host: HostFacts, *, strict: bool) -> Plan:
         port=int(draft.vllm.get("port") or 8000),
         supervisor=settings.supervisor,
         status_port=settings.status_port,
-        cache_dir=settings.cache_dir,
+        cache=cache,
+        extra_args=list(request.extra_args),
         sources={k: v for k, v in merged.sources.items() if _present(merged.data, k)},
         secrets=frozenset(secrets),
     )
+
+
+def _cache_plan(
+    settings: LaunchSettings,
+    dialect: dialects.Dialect,
+    draft: rules.Draft,
+    plan_env: dict[str, str],
+    host: HostFacts,
+    model_path: str,
+    extra_args: list[str],
+) -> CachePlan | None:
+    if not settings.cache_dir:
+        return None
+    inputs = fingerprint.graph_inputs(
+        dialect=dialect.name,
+        vllm=draft.vllm,
+        env={**host.environ, **plan_env},
+        installed=host.installed,
+        cann_version=host.cann_version,
+        model_path=model_path,
+        extra_args=extra_args,
+    )
+    return CachePlan(
+        root=os.path.abspath(settings.cache_dir),
+        fingerprint=fingerprint.fingerprint(inputs),
+        inputs=inputs,
+        max_entries=settings.cache.max_entries,
+        max_bytes=settings.cache.max_bytes,
+        wait=settings.cache.wait,
+    )
+
+
+def _cache_location(dialect: dialects.Dialect, cache: CachePlan) -> tuple[str | None, dict[str, str]]:
+    """Where each dialect's child writes compiled graphs, pointed into the entry."""
+    if dialect.name == "ascend-vllm-0.6":
+        return cache.data, {}  # vLLM 0.6.3 writes .torchair_cache into its working directory
+    if dialect.name == "vllm-ascend-torchair":
+        return None, {"TORCHAIR_CACHE_HOME": cache.data}
+    return None, {"VLLM_CACHE_ROOT": f"{cache.data}/vllm", "TORCHINDUCTOR_CACHE_DIR": f"{cache.data}/inductor"}
 
 
 def _read_model(path: str, source: str | None, strict: bool, warnings: list[str]) -> ModelInfo | None:

@@ -17,8 +17,8 @@ Restart = Literal["never", "on-failure", "always"]
 GraphMode = Literal["auto", "eager", "torchair", "aclgraph"]
 SpeculativeMethod = Literal["draft", "eagle", "ngram"]
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 def parse_duration(value: Any) -> float:
@@ -35,6 +35,16 @@ def parse_duration(value: Any) -> float:
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
+
+
+def parse_size(text: str) -> int:
+    """Bytes from 1048576, 500M, 10G, 1.5T (binary units)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise ValueError(f"{text!r} is not a size such as 500M or 10G")
+    unit = (match.group(2) or "B")[0].upper()
+    scale = {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit]
+    return int(float(match.group(1)) * scale)
 
 
 class _Section(BaseModel):
@@ -67,6 +77,26 @@ class SupervisorSettings(_Section):
         "backoff_max",
         mode="before",
     )
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
+class CacheSettings(_Section):
+    """Limits of LAUNCH_CACHE_DIR, applied at start (least recently used entries go first)."""
+
+    max_entries: int | None = Field(default=None, ge=1)
+    max_bytes: int | None = Field(default=None, ge=0)
+    wait: float = 1800.0  # how long a start waits for another launcher building the same entry
+
+    @field_validator("max_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip().isdigit():
+            return parse_size(value)
+        return value
+
+    @field_validator("wait", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> float:
         return parse_duration(value)
@@ -122,6 +152,7 @@ class LaunchSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     status_port: int | None = Field(default=None, ge=0, le=65535)
     cache_dir: str | None = None
+    cache: CacheSettings = Field(default_factory=CacheSettings)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], *sources: Any, **named: Any) -> Any:
