@@ -83,6 +83,21 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def group_members(pgid: int) -> list[psutil.Process]:
+    """The processes of group `pgid` that still run. Zombies are left out: they hold no memory, and one
+    whose parent is not us (no subreaper) is not ours to reap, so waiting for it could take long."""
+    if not group_alive(pgid):  # one syscall; the scan below only when something is left
+        return []
+    members = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid:
+                members.append(proc)
+        except (OSError, psutil.Error):
+            continue
+    return _alive(members)
+
+
 def _alive(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
     left = []
     for proc in procs:
@@ -134,8 +149,10 @@ class Reaper:
         while True:
             self.reap()
             procs = _alive(descendants())
-            in_group = pgid is not None and group_alive(pgid)
-            if not procs and not in_group:
+            if pgid is not None:
+                known = {proc.pid for proc in procs}
+                procs += [proc for proc in group_members(pgid) if proc.pid not in known]
+            if not procs:
                 return killed, []
             if time.monotonic() >= deadline:
                 return killed, procs
