@@ -120,7 +120,7 @@ class Supervisor:
         self._kill_now = asyncio.Event()
         self._install_signal_handlers(loop)
         server: StatusServer | None = None
-        code = EXIT_ENVIRONMENT
+        code: int | None = None  # None while running, and if a bug ends the loop
         try:
             subreaper = become_subreaper()
             self.log.info(
@@ -142,6 +142,7 @@ class Supervisor:
                         error=str(error),
                         fix="choose another status_port (LAUNCH_STATUS_PORT) or stop what listens there",
                     )
+                    code = EXIT_ENVIRONMENT
                     return code
                 self.log.info("status_listening", port=server.port)
             dispatcher = asyncio.create_task(self._dispatch_signals())
@@ -159,7 +160,10 @@ class Supervisor:
                 await server.close()
             await self.prober.close()
             self._remove_signal_handlers(loop)
-            self.log.info("supervisor_exiting", exit_code=code)
+            if code is None:
+                self.log.error("supervisor_failed", why="an unexpected error in the launcher, see its traceback")
+            else:
+                self.log.info("supervisor_exiting", exit_code=code)
 
     # Signals
 
@@ -167,8 +171,9 @@ class Supervisor:
         for signum in FORWARDED_SIGNALS:
             loop.add_signal_handler(signum, self._signals.put_nowait, signum)
         # uvloop refuses add_signal_handler(SIGCHLD) (it reserves it for its own subprocesses, which we
-        # never use). A plain handler that only writes to a self-pipe is async-signal-safe; the loop
-        # wakes on the pipe and reaps.
+        # never use). So a plain Python handler: Python runs it between two bytecodes of whatever the
+        # loop is doing, hence it only writes a byte to a self-pipe, and the loop reaps in an ordinary
+        # callback when the pipe becomes readable.
         read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._sigchld_pipe = (read_fd, write_fd)
         signal.signal(signal.SIGCHLD, self._on_sigchld)

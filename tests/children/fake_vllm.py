@@ -3,6 +3,7 @@
 
 Behaviour from the environment (files let a test decide the moment):
   FAKE_START_DELAY    seconds before it listens (default 0)
+  FAKE_START_FILE     it listens only once this file exists
   FAKE_503_FILE       while this file exists, /health answers 503 (a dead engine)
   FAKE_HANG_FILE      while this file exists, /health never answers
   FAKE_WARMUP_LOG     append each POST body there (one JSON per line)
@@ -69,6 +70,9 @@ def main():
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     log(f"vLLM API server version 0.0-fake, pid {os.getpid()}")
     time.sleep(float(os.environ.get("FAKE_START_DELAY", "0")))
+    start_file = os.environ.get("FAKE_START_FILE")
+    while start_file and not os.path.exists(start_file):
+        time.sleep(0.02)
     log("Loading weights took 0.01 seconds")
     log("# GPU blocks: 1000, # CPU blocks: 100")
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
