@@ -36,10 +36,10 @@ POLL = 0.05  # seconds between probes: small against a 30 s start, so it barely 
 START_TIMEOUT = 300.0
 
 
-def child_env(run_dir: Path) -> dict[str, str]:
+def child_env(dirs: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAUNCH_")}
     env["PYTHONPATH"] = str(REPO)
-    env.update(support.run_dirs_env(run_dir))
+    env.update(dirs)
     return env
 
 
@@ -74,13 +74,14 @@ def run_bare(model: Path) -> dict[str, float]:
     argv, plan_env = rendered_argv(model, port)
     run_dir = Path(tempfile.mkdtemp(prefix="bench-bare-"))
     try:
-        env = {**child_env(run_dir), **plan_env}
-        server = support.Server(argv, env=env, cwd=run_dir, log_path=run_dir / "log")
-        try:
-            health = wait_until(f"http://127.0.0.1:{port}/health", server)
-            return {"health": health, "ready": health}
-        finally:
-            stop(server)
+        with support.run_dirs(run_dir) as dirs:
+            env = {**child_env(dirs), **plan_env}
+            server = support.Server(argv, env=env, cwd=run_dir, log_path=run_dir / "log")
+            try:
+                health = wait_until(f"http://127.0.0.1:{port}/health", server)
+                return {"health": health, "ready": health}
+            finally:
+                stop(server)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -89,17 +90,18 @@ def run_launch(model: Path) -> dict[str, float]:
     port, status_port = support.free_port(), support.free_port()
     run_dir = Path(tempfile.mkdtemp(prefix="bench-launch-"))
     try:
-        env = child_env(run_dir)
-        env["LAUNCH_STATUS_PORT"] = str(status_port)
-        argv = [sys.executable, "-m", "launcher", "run", "--profile", "cpu-dev", "--model", str(model)]
-        argv += ["--set", f"vllm.port={port}"]
-        server = support.Server(argv, env=env, cwd=run_dir, log_path=run_dir / "log")
-        try:
-            health = wait_until(f"http://127.0.0.1:{port}/health", server)
-            ready = wait_until(f"http://127.0.0.1:{status_port}/readyz", server)
-            return {"health": health, "ready": ready}
-        finally:
-            stop(server)
+        with support.run_dirs(run_dir) as dirs:
+            env = child_env(dirs)
+            env["LAUNCH_STATUS_PORT"] = str(status_port)
+            argv = [sys.executable, "-m", "launcher", "run", "--profile", "cpu-dev", "--model", str(model)]
+            argv += ["--set", f"vllm.port={port}"]
+            server = support.Server(argv, env=env, cwd=run_dir, log_path=run_dir / "log")
+            try:
+                health = wait_until(f"http://127.0.0.1:{port}/health", server)
+                ready = wait_until(f"http://127.0.0.1:{status_port}/readyz", server)
+                return {"health": health, "ready": ready}
+            finally:
+                stop(server)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 

@@ -20,8 +20,20 @@ DEFAULT_PORT = 8080  # what the cpu-dev profile renders
 SERVED_NAME = "tiny-llama"
 
 
+# vLLM binds ZMQ IPC sockets at $TMPDIR/<uuid4>, and a unix socket path holds at most 107 bytes; with a
+# longer TMPDIR vLLM dies seconds into its start ("ipc path ... is longer than 107 characters").
+MAX_TMPDIR_LEN = 107 - 1 - 36
+
+
 def demo_root() -> Path:
-    return Path(os.environ.get("LAUNCH_DEMO_DIR") or "~/.cache/launch/demo").expanduser()
+    # Absolute: vLLM's processes get these paths, and they may not share the launcher's cwd.
+    return Path(os.environ.get("LAUNCH_DEMO_DIR") or "~/.cache/launch/demo").expanduser().absolute()
+
+
+def demo_tmpdir(root: Path) -> Path:
+    """`root`/tmp, or a short per-user directory under /tmp when that path is too long for vLLM."""
+    tmp = root / "tmp"
+    return tmp if len(str(tmp)) <= MAX_TMPDIR_LEN else Path("/tmp") / f"launch-demo-{os.getuid()}"
 
 
 def demo_environment(root: Path) -> dict[str, str]:
@@ -29,7 +41,7 @@ def demo_environment(root: Path) -> dict[str, str]:
     chose them on purpose (the same rule the launcher applies to a profile's `env:`)."""
     wanted = {
         # vLLM, torch and huggingface_hub write outside the working directory; keep it all here.
-        "TMPDIR": str(root / "tmp"),
+        "TMPDIR": str(demo_tmpdir(root)),
         "VLLM_CACHE_ROOT": str(root / "vllm-cache"),
         "TORCHINDUCTOR_CACHE_DIR": str(root / "inductor-cache"),
         "HF_HOME": str(root / "hf-home"),
@@ -69,7 +81,7 @@ def main(argv: list[str]) -> int:
     env = demo_environment(root)
     for name in ("TMPDIR", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "HF_HOME"):
         if name in env:
-            Path(env[name]).mkdir(parents=True, exist_ok=True)
+            Path(env[name]).mkdir(mode=0o700, parents=True, exist_ok=True)
     os.environ.update(env)  # the launcher passes its environment on to vLLM
 
     try:

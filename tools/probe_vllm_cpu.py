@@ -13,6 +13,7 @@ Nothing is left running afterwards.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -81,7 +82,8 @@ def main() -> int:
 
     model = ensure_tiny_model(Path(args.cache).expanduser())
     run_dir = Path(tempfile.mkdtemp(prefix="probe-vllm-"))
-    env = {**os.environ, **support.run_dirs_env(run_dir)}
+    dirs = contextlib.ExitStack()
+    env = {**os.environ, **dirs.enter_context(support.run_dirs(run_dir))}
     port = support.free_port()
     base = f"http://127.0.0.1:{port}"
     log = run_dir / "vllm.log"
@@ -130,6 +132,7 @@ def main() -> int:
         report["leftovers_after_30s"] = "none" if gone else support.describe(support.alive_of(server.seen.values()))
     finally:
         server.kill_all()
+        dirs.close()
         watcher.stop.set()
         watcher.join(2)
         report["phases"] = watcher.seen

@@ -7,9 +7,10 @@ install cannot pass as a green run that tested nothing.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -69,11 +70,11 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-def base_env(run_dir: Path) -> dict[str, str]:
-    """clean_env() plus per-run directories for vLLM's scratch files and caches."""
-    env = clean_env()
-    env.update(support.run_dirs_env(run_dir))
-    return env
+@contextlib.contextmanager
+def vllm_environment(run_dir: Path) -> Iterator[dict[str, str]]:
+    """clean_env() plus per-run directories for vLLM's scratch files and caches (see support.run_dirs)."""
+    with support.run_dirs(run_dir) as dirs:
+        yield {**clean_env(), **dirs}
 
 
 @pytest.fixture
@@ -85,8 +86,9 @@ def run_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def vllm_env(run_dir: Path) -> dict[str, str]:
-    return base_env(run_dir)
+def vllm_env(run_dir: Path) -> Iterator[dict[str, str]]:
+    with vllm_environment(run_dir) as env:
+        yield env
 
 
 @pytest.fixture

@@ -15,14 +15,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,24 +41,41 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run_dirs_env(base: Path, *, kv_cache_gib: str = "1") -> dict[str, str]:
+# vLLM binds ZMQ IPC sockets at $TMPDIR/<uuid4>, and a unix socket path holds at most 107 bytes: a
+# longer TMPDIR (pytest's tmp_path easily is) fails 8 s into the start with "ipc path ... is longer
+# than 107 characters". 107 - len("/") - 36 (uuid) = 70.
+MAX_TMPDIR_LEN = 70
+
+
+@contextlib.contextmanager
+def run_dirs(base: Path, *, kv_cache_gib: str = "1") -> Iterator[dict[str, str]]:
     """The variables that keep a vLLM run's writes inside `base` and off the network.
 
     vLLM (and torch, and huggingface_hub) write outside the working directory: /tmp files, a compile
     cache, a hub cache. Each run gets its own so tests do not share state or leave litter behind.
+    TMPDIR is `base`/tmp when its path is short enough for vLLM's sockets, else a short directory
+    under /tmp that is removed on exit.
     """
     dirs = {
-        "TMPDIR": base / "tmp",
         "VLLM_CACHE_ROOT": base / "vllm-cache",
         "TORCHINDUCTOR_CACHE_DIR": base / "inductor-cache",
         "HF_HOME": base / "hf-home",
     }
+    short: Path | None = None
+    tmp = base / "tmp"
+    if len(str(tmp.resolve())) > MAX_TMPDIR_LEN:
+        tmp = short = Path(tempfile.mkdtemp(prefix="vllm-tmp-", dir="/tmp"))
+    dirs["TMPDIR"] = tmp
     for path in dirs.values():
         path.mkdir(parents=True, exist_ok=True)
     env = {name: str(path) for name, path in dirs.items()}
     env["HF_HUB_OFFLINE"] = "1"
     env["VLLM_CPU_KVCACHE_SPACE"] = kv_cache_gib  # GiB; vLLM's default would take a large share of RAM
-    return env
+    try:
+        yield env
+    finally:
+        if short is not None:
+            shutil.rmtree(short, ignore_errors=True)
 
 
 # --- HTTP -----------------------------------------------------------------------------------------

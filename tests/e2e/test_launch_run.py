@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from tests.e2e import support
-from tests.e2e.conftest import START_TIMEOUT, base_env
+from tests.e2e.conftest import START_TIMEOUT, vllm_environment
 
 STOP_TIMEOUT = 20.0  # supervisor.stop_timeout given to the launcher; vLLM itself stops in ~0.5 s
 HEALTH_INTERVAL = 1.0  # so a dead engine is noticed in seconds, not the default 10 s
@@ -66,39 +66,39 @@ def _distinct_ports(free_port: Callable[[], int], count: int) -> list[int]:
 def launched(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launched]:
     run_dir = tmp_path_factory.mktemp("launch-run")
     vllm_port, status_port = _distinct_ports(support.free_port, 2)
-    env = base_env(run_dir)
-    env["LAUNCH_STATUS_PORT"] = str(status_port)
-    env["LAUNCH_LOG_FORMAT"] = "json"
-    # Both ways a user tunes the supervisor: the environment and --set.
-    env["LAUNCH_SUPERVISOR__HEALTH_TIMEOUT"] = "2s"
-    argv = [
-        sys.executable,
-        "-m",
-        "launcher",
-        "run",
-        "--profile",
-        "cpu-dev",
-        "--model",
-        str(tiny_model),
-        "--set",
-        f"vllm.port={vllm_port}",
-        "--set",
-        f"supervisor.stop_timeout={STOP_TIMEOUT:g}",
-        "--set",
-        f"supervisor.health_interval={HEALTH_INTERVAL:g}",
-        "--set",
-        "supervisor.backoff_initial=0.5",
-    ]
-    server = support.Server(argv, env=env, cwd=run_dir, log_path=run_dir / "launch.log")
-    try:
-        yield Launched(
-            server=server,
-            vllm_url=f"http://127.0.0.1:{vllm_port}",
-            status_url=f"http://127.0.0.1:{status_port}",
-            model=str(tiny_model),
-        )
-    finally:
-        server.kill_all()
+    with vllm_environment(run_dir) as env:
+        env["LAUNCH_STATUS_PORT"] = str(status_port)
+        env["LAUNCH_LOG_FORMAT"] = "json"
+        # Both ways a user tunes the supervisor: the environment and --set.
+        env["LAUNCH_SUPERVISOR__HEALTH_TIMEOUT"] = "2s"
+        argv = [
+            sys.executable,
+            "-m",
+            "launcher",
+            "run",
+            "--profile",
+            "cpu-dev",
+            "--model",
+            str(tiny_model),
+            "--set",
+            f"vllm.port={vllm_port}",
+            "--set",
+            f"supervisor.stop_timeout={STOP_TIMEOUT:g}",
+            "--set",
+            f"supervisor.health_interval={HEALTH_INTERVAL:g}",
+            "--set",
+            "supervisor.backoff_initial=0.5",
+        ]
+        server = support.Server(argv, env=env, cwd=run_dir, log_path=run_dir / "launch.log")
+        try:
+            yield Launched(
+                server=server,
+                vllm_url=f"http://127.0.0.1:{vllm_port}",
+                status_url=f"http://127.0.0.1:{status_port}",
+                model=str(tiny_model),
+            )
+        finally:
+            server.kill_all()
 
 
 def _assert_serves(launched: Launched) -> None:

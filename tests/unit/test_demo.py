@@ -27,6 +27,15 @@ def test_environment_keeps_vllm_inside_the_demo_dir_and_offline(monkeypatch: pyt
     }
 
 
+def test_a_long_demo_dir_gets_a_short_tmpdir_for_vllms_sockets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TMPDIR", raising=False)
+    root = Path("/" + "d" * 80)
+    tmpdir = demo.demo_environment(root)["TMPDIR"]
+    assert len(tmpdir) + len("/0123abcd-0123-4567-89ab-0123456789ab") <= 107
+    assert tmpdir.startswith("/tmp/launch-demo-")
+    assert demo.demo_environment(Path("/short"))["TMPDIR"] == "/short/tmp"
+
+
 def test_values_already_set_win(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")
     monkeypatch.setenv("HF_HOME", "/mine")
