@@ -53,6 +53,7 @@ class Draft:
     source_of: Callable[[str], str | None]
     warnings: list[str] = field(default_factory=list)
     info: list[str] = field(default_factory=list)
+    nodes: int = 1  # a multi-node leader spreads vLLM over this many nodes' NPUs
 
     def src(self, key: str) -> str | None:
         return self.source_of(key)
@@ -524,10 +525,11 @@ def parallel(d: Draft) -> None:
         )
     visible = d.host.environ.get("ASCEND_RT_VISIBLE_DEVICES") or d.env.get("ASCEND_RT_VISIBLE_DEVICES")
     if d.dialect.ascend and tp is not None and visible:
-        count = len([v for v in visible.split(",") if v.strip()])
+        count = len([v for v in visible.split(",") if v.strip()]) * d.nodes
         if tp > count:
+            nodes = f" on each of {d.nodes} nodes" if d.nodes > 1 else ""
             raise ConfigError(
-                f"more tensor parallelism than visible NPUs (ASCEND_RT_VISIBLE_DEVICES={visible}: {count})",
+                f"more tensor parallelism than visible NPUs (ASCEND_RT_VISIBLE_DEVICES={visible}{nodes}: {count})",
                 key="vllm.tensor_parallel_size",
                 value=tp,
                 source=d.src("vllm.tensor_parallel_size"),

@@ -19,10 +19,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, NoReturn
 
+import psutil
 import uvloop
 
 from launcher.childlog import ChildOutput
@@ -93,11 +95,11 @@ def spawn(plan: Plan) -> subprocess.Popen[bytes]:
 
 
 class Supervisor:
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, spare: Sequence[psutil.Process] = ()) -> None:
         self.plan = plan
         self.settings = plan.supervisor
         self.status = Status()
-        self.reaper = Reaper()
+        self.reaper = Reaper(spare)
         self.prober = Prober(plan)
         self.policy = RestartPolicy(plan.supervisor)
         self.log = get_logger()
@@ -231,7 +233,7 @@ class Supervisor:
             outcome = await self._attempt(attempt)
             last = outcome
             if outcome.requested:
-                return outcome.exit_code
+                return 0 if outcome.exit_code in self.plan.clean_stop_codes else outcome.exit_code
             delay = self.policy.next_delay(
                 now=time.monotonic(), retryable=outcome.retryable, was_ready=outcome.was_ready
             )
@@ -401,6 +403,8 @@ class Supervisor:
         return await self._watch_health(pid)
 
     async def _until_healthy(self) -> None:
+        if self.plan.probe == "process":
+            return  # nothing serves HTTP (a Ray worker node): running is ready
         # Faster than health_interval while starting: readiness should not lag by ten seconds.
         interval = min(1.0, self.settings.health_interval)
         while not (await self.prober.health(self.settings.health_timeout)).ok:
@@ -408,6 +412,10 @@ class Supervisor:
 
     async def _watch_health(self, pid: int) -> str:
         settings = self.settings
+        if self.plan.probe == "process":
+            # Nothing to probe; the attempt ends when the process exits or a stop is requested.
+            forever: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            return await forever
         failures = 0
         while True:
             await asyncio.sleep(settings.health_interval)
@@ -466,14 +474,16 @@ def _set_returncode(child: subprocess.Popen[bytes], done: asyncio.Future[int]) -
         child.returncode = done.result()
 
 
-def run_supervised(plan: Plan) -> int:
-    """Start vLLM as the plan says and supervise it until it is gone for good; the exit code to use."""
+def run_supervised(plan: Plan, *, spare: Sequence[psutil.Process] = ()) -> int:
+    """Start vLLM as the plan says and supervise it until it is gone for good; the exit code to use.
+
+    `spare`: processes whose trees survive the cleanup after each vLLM (a leader's Ray head)."""
     # Everything imported so far lives as long as the launcher: out of the collector's sight, it costs
     # no idle GC passes, and the interpreter's exit (part of a pod's stop time) takes ~10 ms instead of
     # ~60 ms of collecting pydantic's and aiohttp's import-time objects.
     gc.freeze()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(Supervisor(plan).run())
+        return runner.run(Supervisor(plan, spare).run())
 
 
 def exec_plan(plan: Plan) -> NoReturn:
