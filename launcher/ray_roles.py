@@ -307,6 +307,7 @@ async def _preparing(plan: Plan, work: Callable[[Status], Awaitable[None]]) -> i
                     value=plan.status_port,
                     fix="choose another status_port (LAUNCH_STATUS_PORT) or stop what listens there",
                 ) from None
+            log.info("status_listening", port=server.port, state=status.state)
         waits: list[asyncio.Future[Any]] = [task, stopped]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if stopped.done() and not task.done():
