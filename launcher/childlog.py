@@ -56,16 +56,6 @@ def vllm_level(line: str) -> str:
     return _LEVEL_NAMES.get(name, name.lower())
 
 
-def _needs_redaction(text: str) -> bool:
-    """Whether `text` may hold what logs.redact() masks: a registered secret, or one of the words its
-    patterns require (key, token, secret, password). casefold() makes the test at least as wide as the
-    patterns' re.IGNORECASE. Cheap enough to run on a whole chunk of lines before any single line."""
-    folded = text.casefold()
-    if "key" in folded or "token" in folded or "secret" in folded or "passw" in folded:
-        return True
-    return bool(logs._secrets) and any(secret in text for secret in logs._secrets)
-
-
 def _terminal_view(line: str) -> str:
     """What a terminal shows of a carriage-return progress bar: its last state."""
     parts = [part for part in line.split("\r") if part]
@@ -76,7 +66,7 @@ def clean(line: str) -> str:
     """Mask secrets and keep what a terminal would show of a progress bar."""
     if "\r" in line:
         line = _terminal_view(line)
-    return logs.redact(line) if _needs_redaction(line) else line
+    return logs.redact(line) if logs.may_hold_secret(line) else line
 
 
 def clean_lines(lines: list[str]) -> list[str]:
@@ -85,8 +75,8 @@ def clean_lines(lines: list[str]) -> list[str]:
     blob = "\n".join(lines)
     if "\r" in blob:
         lines = [_terminal_view(line) if "\r" in line else line for line in lines]
-    if _needs_redaction(blob):
-        lines = [logs.redact(line) if _needs_redaction(line) else line for line in lines]
+    if logs.may_hold_secret(blob):
+        lines = [logs.redact(line) if logs.may_hold_secret(line) else line for line in lines]
     return lines
 
 
@@ -183,21 +173,13 @@ class JsonSink:
 
 
 def make_sink() -> Sink:
-    """The fast JSON sink when structlog is configured as `logs.configure("json")` does, else structlog."""
-    config = structlog.get_config()
-    procs = config["processors"]
-    out: TextIO | None = getattr(config["logger_factory"], "_file", None)
-    mirrored = (
-        len(procs) == 4
-        and procs[0] is structlog.processors.add_log_level
-        and isinstance(procs[1], structlog.processors.TimeStamper)
-        and procs[2] is logs._redact_event
-        and isinstance(procs[3], structlog.processors.JSONRenderer)
-        and out is not None
-    )
-    if not mirrored or out is None:
+    """The fast JSON sink when logs are JSON lines (as `logs.configure("json")` sets up), else structlog.
+    Both write the same objects; the fast one formats a whole chunk of lines at once."""
+    configured = logs.output()
+    if configured is None or configured[0] != "json":
         return StructlogSink()
-    return JsonSink(out, procs[1], structlog.get_logger().get_effective_level())
+    _fmt, out, level = configured
+    return JsonSink(out, structlog.processors.TimeStamper(fmt="iso", utc=True), level)
 
 
 class ChildOutput:

@@ -1,6 +1,6 @@
 """`launch [COMMAND] [OPTIONS] [-- EXTRA_VLLM_ARGS...]` — the command line of DESIGN.md.
 
-Commands: run (default), render, check, profiles, demo. Bad input ends with exit 2 (configuration)
+Commands: run (default), render, check, doctor, profiles, demo. Bad input ends with exit 2 (configuration)
 or 3 (environment) and a message; never a traceback.
 """
 
@@ -19,7 +19,7 @@ from launcher import __version__, logs
 from launcher.errors import EXIT_CONFIG, EXIT_OK, ConfigError, LaunchError
 from launcher.plan import Plan
 
-COMMANDS = ("run", "render", "check", "profiles", "cache", "demo")
+COMMANDS = ("run", "render", "check", "doctor", "profiles", "cache", "demo")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--format", choices=("json", "shell"), default="json")
     check = sub.add_parser("check", help="validate and preflight, start nothing")
     _common(check)
+    doctor = sub.add_parser("doctor", help="check this machine: vLLM, CANN, NPUs, model, cache, ports")
+    _common(doctor)
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     profiles = sub.add_parser("profiles", help="list profiles, or `profiles show NAME`")
     profiles.add_argument("action", nargs="?", choices=("list", "show"), default="list")
     profiles.add_argument("name", nargs="?")
@@ -101,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from launcher import demo
 
             return demo.main(list(args.rest) + (["--", *extra] if extra else []))
+        if command == "doctor":
+            from launcher import doctor
+
+            return doctor.main(_request(args, extra), environ, as_json=args.json)
         return _with_plan(command, args, extra, environ)
     except LaunchError as exc:
         return _fail(exc, stream)
@@ -135,8 +142,15 @@ def _request(args: argparse.Namespace, extra: list[str]) -> Any:
 def _with_plan(command: str, args: argparse.Namespace, extra: list[str], environ: dict[str, str]) -> int:
     from launcher import host, planner, preflight
 
+    request = _request(args, extra)
     facts = host.gather(environ)
-    plan = planner.build(_request(args, extra), facts, strict=command != "render")
+    resolved = planner.resolve(request, environ)
+    if command != "render":
+        # Render shows the configuration: it sources no CANN script and runs no npu-smi (fast, and the
+        # same on every machine); check and run import CANN's environment into the plan.
+        ascend = planner.target_dialect(resolved, facts).ascend
+        facts = host.with_runtime(facts, resolved.settings, ascend=ascend)
+    plan = planner.build(request, facts, strict=command != "render", resolved=resolved)
     logs.add_secrets(plan.secrets)
     log = logs.get_logger()
     for line in plan.info:
@@ -146,8 +160,19 @@ def _with_plan(command: str, args: argparse.Namespace, extra: list[str], environ
     if command == "render":
         print(plan.to_json() if args.format == "json" else render_shell(plan))
         return EXIT_OK
+    if getattr(args, "exec", False) and plan.role == "leader":
+        raise ConfigError(
+            "the leader starts Ray's head, waits for the group and stops the head after vLLM: "
+            "it cannot replace itself with vLLM",
+            key="--exec",
+            source="command line",
+            fix="drop --exec on the leader (workers and single nodes may use it)",
+        )
     if plan.role != "worker":  # a Ray worker node serves no HTTP itself
         preflight.port_is_free(plan)
+    from launcher import npu  # not for render: psutil and the preflight are for check and run
+
+    npu.preflight(plan, facts, log)
     if command == "check":
         print(
             f"ok: {', '.join(plan.profiles)} on {plan.dialect}: {plan.model} "
@@ -158,14 +183,6 @@ def _with_plan(command: str, args: argparse.Namespace, extra: list[str], environ
 
     log.info("plan", argv=plan.mask(shlex.join(plan.argv)), env=plan.to_dict()["env"], dialect=plan.dialect)
     if args.exec:
-        if plan.role == "leader":
-            raise ConfigError(
-                "the leader starts Ray's head, waits for the group and stops the head after vLLM: "
-                "it cannot replace itself with vLLM",
-                key="--exec",
-                source="command line",
-                fix="drop --exec on the leader (workers and single nodes may use it)",
-            )
         supervisor.exec_plan(plan)
     if plan.ray is not None:
         from launcher import ray_roles

@@ -1,7 +1,8 @@
 """Facts about this machine that the plan depends on, gathered once and passed in as data.
 
-Reading package metadata and the environment is all that happens here; the planner stays pure and
-tests hand it made-up facts.
+`gather` is cheap (environment, package metadata, /dev listing) and is all that `render` uses.
+`with_runtime` adds what costs a subprocess: CANN's environment sourced through bash. The planner
+stays pure and tests hand it made-up facts.
 """
 
 from __future__ import annotations
@@ -9,11 +10,18 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
+from launcher import cann, devices
 from launcher.dialects import DISTRIBUTIONS
+from launcher.settings import LaunchSettings
+
+DEV_DIR = Path("/dev")  # where the Ascend docker runtime mounts /dev/davinciN (tests point it elsewhere)
+_DAVINCI = re.compile(r"^davinci(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -22,7 +30,14 @@ class HostFacts:
     python: str = "python"
     installed: Mapping[str, str] = field(default_factory=dict)  # distribution -> version
     mindspeed: bool = False  # MindSpeed importable (MoE models on the 0.6 dialect need it)
-    cann_version: str | None = None  # part of the graph-cache fingerprint
+    npus: tuple[str, ...] = ()  # NPUs this container sees, as the host names them
+    npus_source: str = ""  # where that list came from
+    cann: cann.CannEnv = field(default_factory=cann.CannEnv)  # checked only by check, run, doctor
+
+    @property
+    def runtime_environ(self) -> dict[str, str]:
+        """The environment once CANN's scripts have run: what vLLM starts from."""
+        return {**self.environ, **self.cann.changes}
 
 
 def installed_versions() -> dict[str, str]:
@@ -37,11 +52,36 @@ def installed_versions() -> dict[str, str]:
     return found
 
 
+def visible_npus(environ: Mapping[str, str]) -> tuple[tuple[str, ...], str]:
+    """The device plugin's ASCEND_VISIBLE_DEVICES, else the /dev/davinciN files, with which it was."""
+    plugin = environ.get(devices.PLUGIN_VARIABLE, "").strip()
+    if plugin:
+        return tuple(devices.parse_visible(plugin)), f"{devices.PLUGIN_VARIABLE}={plugin} from the device plugin"
+    try:
+        numbers = sorted(int(m.group(1)) for p in DEV_DIR.iterdir() if (m := _DAVINCI.match(p.name)))
+    except OSError:
+        numbers = []
+    if numbers:
+        return tuple(str(n) for n in numbers), f"/dev/davinci{','.join(map(str, numbers))}"
+    return (), ""
+
+
 def gather(environ: Mapping[str, str] | None = None) -> HostFacts:
+    env = dict(os.environ if environ is None else environ)
+    npus, npus_source = visible_npus(env)
     return HostFacts(
-        environ=dict(os.environ if environ is None else environ),
+        environ=env,
         python=sys.executable or "python",
         installed=installed_versions(),
         # find_spec locates the package without importing it (MindSpeed pulls in torch).
         mindspeed=importlib.util.find_spec("mindspeed") is not None,
+        npus=npus,
+        npus_source=npus_source,
     )
+
+
+def with_runtime(facts: HostFacts, settings: LaunchSettings, *, ascend: bool) -> HostFacts:
+    """Add CANN's environment (Ascend dialects; elsewhere only a profile's env_files are sourced)."""
+    if not ascend and not settings.env_files:
+        return facts
+    return replace(facts, cann=cann.capture(settings, facts.environ, ascend=ascend))

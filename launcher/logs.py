@@ -29,6 +29,7 @@ _SECRET_TEXT = re.compile(
 )
 
 _secrets: set[str] = set()
+_output: tuple[str, TextIO, int] | None = None  # (format, stream, level) of the last configure()
 
 
 def add_secrets(values: Iterable[str]) -> None:
@@ -36,7 +37,18 @@ def add_secrets(values: Iterable[str]) -> None:
     _secrets.update(v for v in values if v and len(v) >= 3)
 
 
+def may_hold_secret(text: str) -> bool:
+    """Whether `text` may hold what redact() masks: a registered secret, or a word its patterns need
+    (key, token, secret, password). casefold() keeps the test at least as wide as the patterns."""
+    folded = text.casefold()
+    if "key" in folded or "token" in folded or "secret" in folded or "passw" in folded:
+        return True
+    return any(secret in text for secret in _secrets)
+
+
 def redact(text: str) -> str:
+    if not may_hold_secret(text):
+        return text  # the common case: no regular expression runs
     for secret in _secrets:
         text = text.replace(secret, MASK)
     return _SECRET_TEXT.sub(lambda m: m.group("k") + MASK, text)
@@ -53,10 +65,13 @@ def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
 
 def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None = None) -> None:
     """Set up structlog. `fmt` None picks JSON unless the stream is a terminal."""
+    global _output
     out = stream if stream is not None else sys.stdout
     _secrets.clear()  # each invocation registers the secrets of its own plan
     if fmt is None:
         fmt = "console" if out.isatty() else "json"
+    number = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    _output = (fmt, out, number)
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer(ensure_ascii=False)
@@ -69,12 +84,15 @@ def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None
             _redact_event,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-        ),
+        wrapper_class=structlog.make_filtering_bound_logger(number),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+
+
+def output() -> tuple[str, TextIO, int] | None:
+    """How configure() set logging up: format, stream and level number (None before it ran)."""
+    return _output
 
 
 def get_logger(**bound: Any) -> Any:

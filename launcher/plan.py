@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from launcher.settings import SupervisorSettings
+from launcher.settings import NpuSettings, SupervisorSettings
 
 MASK = "***"
 
@@ -83,6 +83,8 @@ class Plan:
     status_port: int | None = None
     cache: CachePlan | None = None
     extra_args: list[str] = field(default_factory=list)
+    devices: list[int] | None = None  # logical NPU indices vLLM uses (Ascend); None: not known here
+    npu: NpuSettings = field(default_factory=NpuSettings)  # the device preflight (launcher/npu.py)
     sources: dict[str, str] = field(default_factory=dict)
     secrets: frozenset[str] = frozenset()  # values never shown in clear
     role: str = "single"  # single | leader | worker (multi-node on Ray)

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from launcher import dialects, fingerprint, flags, profiles, roles, rules
+from launcher import cann, dialects, fingerprint, flags, profiles, roles, rules
 from launcher.errors import ConfigError, PreflightError
 from launcher.host import HostFacts
 from launcher.layers import Layer, Merged, environment_layer, merge, set_option_layer
@@ -123,12 +123,9 @@ def _config_error(exc: ValidationError, merged: Merged) -> ConfigError:
     return ConfigError(message, key=key, value=value, source=merged.source_of(key), fix=fix)
 
 
-def build(request: Request, host: HostFacts, *, strict: bool) -> Plan:
-    """The whole plan. `strict` (check, run) turns missing files into exit 3 instead of warnings."""
-    resolved = resolve(request, host.environ)
+def target_dialect(resolved: Resolved, host: HostFacts) -> dialects.Dialect:
+    """The dialect asked for (--dialect, LAUNCH_DIALECT, a profile) or detected, within the profiles' limits."""
     settings, merged = resolved.settings, resolved.merged
-    warnings = list(resolved.warnings)
-
     name = settings.dialect or dialects.detect(host.installed)
     dialect = dialects.get(name, merged.source_of("dialect") or "detected from installed packages")
     for supported, where in merged.dialect_limits:
@@ -140,10 +137,24 @@ def build(request: Request, host: HostFacts, *, strict: bool) -> Plan:
                 source=merged.source_of("dialect") or "detected from installed packages",
                 fix="pick a profile made for this dialect (`launch profiles`), or --dialect one it supports",
             )
+    return dialect
+
+
+def build(request: Request, host: HostFacts, *, strict: bool, resolved: Resolved | None = None) -> Plan:
+    """The whole plan. `strict` (check, run) turns missing files into exit 3 instead of warnings.
+    `resolved` saves resolving again when the caller needed the settings first (to gather host facts)."""
+    resolved = resolved or resolve(request, host.environ)
+    settings, merged = resolved.settings, resolved.merged
+    warnings = list(resolved.warnings)
+    dialect = target_dialect(resolved, host)
 
     vllm_raw = dict(settings.vllm)
     model_path = settings.model or vllm_raw.pop("model", None)
     vllm_raw.pop("model", None)
+    # `auto` becomes the number of selected NPUs (rules.devices); a placeholder keeps the flag's place.
+    tp_auto = str(vllm_raw.get("tensor_parallel_size", "")).strip().lower() == "auto"
+    if tp_auto:
+        vllm_raw["tensor_parallel_size"] = 1
     if not model_path:
         raise ConfigError(
             "no model given",
@@ -178,6 +189,9 @@ def build(request: Request, host: HostFacts, *, strict: bool) -> Plan:
         strict=strict,
         source_of=merged.source_of,
         warnings=warnings,
+        devices=settings.devices,
+        tp_auto=tp_auto,
+        env_files=list(settings.env_files),
         nodes=role.group_size or 1,
     )
     if role.multi_node:
@@ -191,7 +205,8 @@ def build(request: Request, host: HostFacts, *, strict: bool) -> Plan:
     if draft.spec is not None:
         _add_env(draft, dialects.speculative_flags(dialect, draft.spec, draft.vllm), "speculative")
 
-    plan_env = _container_wins(draft, merged, host)
+    # What CANN's scripts set comes first: profiles and rules may override it, like exports after `source`.
+    plan_env = {**host.cann.changes, **_container_wins(draft, merged, host)}
     cache = _cache_plan(settings, dialect, draft, plan_env, host, model_path, request.extra_args)
     cwd = None
     if cache is not None:
@@ -221,11 +236,13 @@ def build(request: Request, host: HostFacts, *, strict: bool) -> Plan:
         model=model_path,
         served_model_name=served[0] if isinstance(served, list) and served else model_path,
         host=str(draft.vllm.get("host") or "0.0.0.0"),
-        port=int(draft.vllm.get("port") or 8000),
+        port=int(draft.vllm["port"]) if draft.vllm.get("port") is not None else 8000,
         supervisor=supervisor,
         status_port=settings.status_port,
         cache=cache,
         extra_args=list(request.extra_args),
+        devices=draft.selection.indices if draft.selection is not None else None,
+        npu=settings.npu,
         sources={k: v for k, v in merged.sources.items() if _present(merged.data, k)} | role_set,
         secrets=frozenset(secrets),
         role=role.name,
@@ -251,7 +268,7 @@ def _cache_plan(
         vllm=draft.vllm,
         env={**host.environ, **plan_env},
         installed=host.installed,
-        cann_version=host.cann_version,
+        cann_version=_cann_version(settings, dialect, host),
         model_path=model_path,
         extra_args=extra_args,
     )
@@ -263,6 +280,16 @@ def _cache_plan(
         max_bytes=settings.cache.max_bytes,
         wait=settings.cache.wait,
     )
+
+
+def _cann_version(settings: LaunchSettings, dialect: dialects.Dialect, host: HostFacts) -> str | None:
+    """CANN's version for the fingerprint, the same for render (nothing sourced) and run."""
+    if not dialect.ascend:
+        return None
+    if host.cann.version:
+        return host.cann.version
+    home, _ = cann.find_toolkit(settings.cann.toolkit_home, host.environ)
+    return cann.toolkit_version(home)
 
 
 def _cache_location(dialect: dialects.Dialect, cache: CachePlan) -> tuple[str | None, dict[str, str]]:

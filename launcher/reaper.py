@@ -96,6 +96,21 @@ def subtrees(roots: Iterable[psutil.Process]) -> set[int]:
     return pids
 
 
+def group_members(pgid: int) -> list[psutil.Process]:
+    """The processes of group `pgid` that still run. Zombies are left out: they hold no memory, and one
+    whose parent is not us (no subreaper) is not ours to reap, so waiting for it could take long."""
+    if not group_alive(pgid):  # one syscall; the scan below only when something is left
+        return []
+    members = []
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) == pgid:
+                members.append(proc)
+        except (OSError, psutil.Error):
+            continue
+    return _alive(members)
+
+
 def _alive(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
     left = []
     for proc in procs:
@@ -152,11 +167,13 @@ class Reaper:
         while True:
             self.reap()
             procs = _alive(descendants())
+            if pgid is not None:
+                known = {proc.pid for proc in procs}
+                procs += [proc for proc in group_members(pgid) if proc.pid not in known]
             if self._spare:
                 spared = subtrees(self._spare)
                 procs = [p for p in procs if p.pid not in spared]
-            in_group = pgid is not None and group_alive(pgid)
-            if not procs and not in_group:
+            if not procs:
                 return killed, []
             if time.monotonic() >= deadline:
                 return killed, procs

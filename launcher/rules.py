@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from launcher.cann import TOOLKIT_FIX
+from launcher.devices import INDEX_FIX, INSTANCE_VARIABLE, NO_NPU_FIX, RT_VARIABLE, Selection, instance_id, select
 from launcher.dialects import Dialect
 from launcher.errors import ConfigError, PreflightError
 from launcher.host import HostFacts
@@ -53,7 +55,11 @@ class Draft:
     source_of: Callable[[str], str | None]
     warnings: list[str] = field(default_factory=list)
     info: list[str] = field(default_factory=list)
-    nodes: int = 1  # a multi-node leader spreads vLLM over this many nodes' NPUs
+    devices: str = "auto"  # the `devices` setting
+    tp_auto: bool = False  # tensor_parallel_size: auto (the planner put a placeholder in vllm)
+    env_files: list[str] = field(default_factory=list)
+    selection: Selection | None = None  # set by the devices rule on Ascend
+    nodes: int = 1  # a multi-node role spreads vLLM over this many nodes' NPUs
 
     def src(self, key: str) -> str | None:
         return self.source_of(key)
@@ -111,6 +117,53 @@ def entrypoint(d: Draft) -> None:
             source=d.src("entrypoint"),
             fix="use entrypoint: openai (the OpenAI server: /v1/completions), or --dialect ascend-vllm-0.6",
         )
+
+
+def npu_devices(d: Draft) -> None:
+    """The NPUs vLLM gets (`devices: auto | "0,1"`) as ASCEND_RT_VISIBLE_DEVICES, `tensor_parallel_size:
+    auto` as their count, Ray told to leave that variable alone, and the marker that lets a later start
+    recognise this launcher's leftover processes. Off Ascend, auto parallelism is 1."""
+    tp_key = "vllm.tensor_parallel_size"
+    if not d.dialect.ascend:
+        if d.tp_auto:
+            d.vllm["tensor_parallel_size"] = 1
+            d.info.append(f"tensor_parallel_size auto = 1: {d.dialect.name} has no NPUs")
+        return
+    sel = select(d.devices, d.src("devices"), d.host.runtime_environ, d.host.npus, d.host.npus_source)
+    d.selection = sel
+    if sel.env is not None:
+        d.env[RT_VARIABLE] = sel.env
+        d.env_sources[RT_VARIABLE] = d.src("devices") or "devices auto"
+    d.info.extend(sel.notes)
+    d.warnings.extend(sel.warnings)
+    if sel.problem:
+        d.missing(
+            sel.problem,
+            key="devices",
+            value=d.devices,
+            fix=f"{INDEX_FIX}, or request more NPUs for the pod",
+        )
+    if d.tp_auto:
+        if sel.indices:
+            d.vllm["tensor_parallel_size"] = len(sel.indices)
+            d.info.append(f"tensor_parallel_size auto = {len(sel.indices)}: NPUs {sel.text} ({sel.source})")
+        else:
+            del d.vllm["tensor_parallel_size"]
+            d.missing(
+                "tensor_parallel_size auto needs visible NPUs, and none are visible here",
+                key=tp_key,
+                value="auto",
+                fix="run where the NPUs are mounted (the device plugin sets ASCEND_VISIBLE_DEVICES), or give a number",
+            )
+    if d.vllm.get("distributed_executor_backend") == "ray":
+        d.require_env(
+            "RAY_EXPERIMENTAL_NOSET_ASCEND_RT_VISIBLE_DEVICES",
+            "1",
+            "with the ray backend Ray would otherwise rewrite ASCEND_RT_VISIBLE_DEVICES for each worker",
+        )
+    port = d.vllm.get("port")
+    d.env[INSTANCE_VARIABLE] = instance_id(d.model_path, port if isinstance(port, int) else 8000)
+    d.env_sources[INSTANCE_VARIABLE] = "launcher"
 
 
 def block_size(d: Draft) -> None:
@@ -504,7 +557,8 @@ def quantization_and_dtype(d: Draft) -> None:
 
 
 def parallel(d: Draft) -> None:
-    """tensor_parallel_size fits the visible NPUs; the executor backend is mp or ray."""
+    """tensor x pipeline parallelism fits the selected NPUs (with ray, other nodes may bring more: a
+    warning); the executor backend is mp or ray."""
     backend = d.vllm.get("distributed_executor_backend")
     if backend is not None and backend not in BACKENDS:
         raise ConfigError(
@@ -523,18 +577,30 @@ def parallel(d: Draft) -> None:
             source=d.src("vllm.tensor_parallel_size"),
             fix="set it to the number of NPUs the model is split across",
         )
-    visible = d.host.environ.get("ASCEND_RT_VISIBLE_DEVICES") or d.env.get("ASCEND_RT_VISIBLE_DEVICES")
-    if d.dialect.ascend and tp is not None and visible:
-        count = len([v for v in visible.split(",") if v.strip()]) * d.nodes
-        if tp > count:
-            nodes = f" on each of {d.nodes} nodes" if d.nodes > 1 else ""
-            raise ConfigError(
-                f"more tensor parallelism than visible NPUs (ASCEND_RT_VISIBLE_DEVICES={visible}{nodes}: {count})",
-                key="vllm.tensor_parallel_size",
-                value=tp,
-                source=d.src("vllm.tensor_parallel_size"),
-                fix=f"set vllm.tensor_parallel_size to at most {count}, or request more NPUs for the pod",
-            )
+    sel = d.selection
+    if not d.dialect.ascend or sel is None or not sel.indices or tp is None:
+        return
+    pp = _int(d.vllm.get("pipeline_parallel_size")) or 1
+    count = len(sel.indices) * d.nodes
+    if tp * pp <= count:
+        return
+    what = (
+        f"more parallelism than NPUs: tensor {tp}"
+        + (f" x pipeline {pp}" if pp > 1 else "")
+        + f" > {count} (ASCEND_RT_VISIBLE_DEVICES={sel.text}, {sel.source}"
+        + (f", on each of {d.nodes} nodes)" if d.nodes > 1 else ")")
+    )
+    if backend == "ray":
+        d.warnings.append(f"{what}; the ray backend needs a Ray cluster whose other nodes bring the rest")
+        return
+    raise ConfigError(
+        what,
+        key="vllm.tensor_parallel_size",
+        value=tp,
+        source=d.src("vllm.tensor_parallel_size"),
+        fix=f"set vllm.tensor_parallel_size to at most {count // pp} (or tensor_parallel_size: auto), "
+        "or request more NPUs for the pod",
+    )
 
 
 def multimodal(d: Draft) -> None:
@@ -566,7 +632,58 @@ def multimodal(d: Draft) -> None:
         )
 
 
+def runtime(d: Draft) -> None:
+    """Check and run only (render looks at no host): CANN's environment was found and sourced, the
+    env_files exist, and NPUs are visible. Exit 3 with what was looked for."""
+    cann = d.host.cann
+    if not d.strict or not cann.checked:
+        return
+    if cann.missing_env_files:
+        raise PreflightError(
+            f"env file {', '.join(cann.missing_env_files)} does not exist",
+            key="env_files",
+            value=d.env_files,
+            source=d.src("env_files"),
+            fix="mount it, or remove it from env_files (the standard CANN scripts are found without it)",
+        )
+    if cann.error:
+        raise PreflightError(
+            f"sourcing the environment failed: {cann.error}",
+            key="env_files" if d.env_files else "cann",
+            source=d.src("env_files") if d.env_files else None,
+            fix="run the same `source` in a shell in the container to see why; it must not exit or wait for input",
+        )
+    if cann.sourced:
+        d.info.append(f"sourced {', '.join(cann.sourced)}: {len(cann.changes)} variables set or changed")
+    if not d.dialect.ascend:
+        return
+    if cann.toolkit is None:
+        raise PreflightError(
+            f"the CANN toolkit was not found: looked for {', '.join(cann.looked_for)}, and neither "
+            "ASCEND_TOOLKIT_HOME nor ASCEND_HOME_PATH is set (without it vLLM fails with "
+            "`libhccl.so: cannot open shared object file`)",
+            key="cann.toolkit_home",
+            source=d.src("cann.toolkit_home"),
+            fix=TOOLKIT_FIX,
+        )
+    if cann.nnal is None and "nnal" not in cann.already and d.dialect.name != "ascend-vllm-0.6":
+        d.warnings.append(
+            "NNAL (the ATB library vllm-ascend uses) was not found under /usr/local/Ascend/nnal; "
+            "set cann.nnal_home if it is elsewhere"
+        )
+    if d.selection is not None and d.selection.indices is None:
+        raise PreflightError(
+            "no NPU is visible: ASCEND_VISIBLE_DEVICES and ASCEND_RT_VISIBLE_DEVICES are unset and there "
+            "is no /dev/davinciN",
+            key="devices",
+            value=d.devices,
+            source=d.src("devices"),
+            fix=f"{NO_NPU_FIX}, or use --dialect vllm-cpu to run without NPUs",
+        )
+
+
 ALL: tuple[Callable[[Draft], None], ...] = (
+    npu_devices,
     entrypoint,
     block_size,
     multi_step,
@@ -578,6 +695,7 @@ ALL: tuple[Callable[[Draft], None], ...] = (
     quantization_and_dtype,
     parallel,
     multimodal,
+    runtime,
 )
 
 

@@ -7,12 +7,13 @@ checked against the flag catalogue in `flags.py`.
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Restart = Literal["never", "on-failure", "always"]
 Role = Literal["auto", "single", "leader", "worker"]
@@ -158,6 +159,33 @@ class RaySettings(_Section):
         return value
 
 
+class CannSettings(_Section):
+    """Where CANN's environment scripts are; None searches the standard places (see `launcher/cann.py`)."""
+
+    toolkit_home: str | None = None  # e.g. /usr/local/Ascend/ascend-toolkit (its set_env.sh is sourced)
+    nnal_home: str | None = None  # e.g. /usr/local/Ascend/nnal (atb/set_env.sh is sourced)
+    source_timeout: float = 30.0
+
+    @field_validator("source_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
+class NpuSettings(_Section):
+    """npu-smi and the device preflight before each start of vLLM (see `launcher/npu.py`)."""
+
+    smi: str = "npu-smi"  # the program, looked up on PATH
+    smi_timeout: float = 10.0  # a driver in trouble can make npu-smi hang
+    kill_leftovers: bool = True  # stop this launcher's own earlier vLLM processes that still hold NPUs
+    free_timeout: float = 60.0  # how long to wait for their memory to be released
+
+    @field_validator("smi_timeout", "free_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+
 class LaunchSettings(BaseSettings):
     """The resolved configuration. Built from merged layers, never read directly from the environment:
     the `LAUNCH_*` layer is produced by `layers.environment_layer` with this model's env settings."""
@@ -187,6 +215,11 @@ class LaunchSettings(BaseSettings):
     status_port: int | None = Field(default=None, ge=0, le=65535)
     cache_dir: str | None = None
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    devices: str = "auto"  # NPUs for vLLM: auto (all visible) or logical indices "0,1,2,3"
+    # Sourced with bash before start, after which CANN's own scripts run if still needed (~/.bashrc).
+    env_files: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cann: CannSettings = Field(default_factory=CannSettings)
+    npu: NpuSettings = Field(default_factory=NpuSettings)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], *sources: Any, **named: Any) -> Any:
@@ -197,6 +230,28 @@ class LaunchSettings(BaseSettings):
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _device_text(cls, value: Any) -> Any:
+        # YAML `devices: 0` is an int and `devices: [0, 1]` a list; keep the comma-separated spelling.
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int):
+            return str(value)
+        if isinstance(value, list):
+            return ",".join(str(v) for v in value)
+        return value
+
+    @field_validator("env_files", mode="before")
+    @classmethod
+    def _file_list(cls, value: Any) -> Any:
+        # From --set or LAUNCH_ENV_FILES: "a,b" or a JSON list.
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("env", mode="before")
     @classmethod

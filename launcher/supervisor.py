@@ -27,8 +27,10 @@ from typing import Any, NoReturn
 import psutil
 import uvloop
 
+from launcher import npu
+from launcher.cachekeeper import CacheKeeper
 from launcher.childlog import ChildOutput
-from launcher.errors import EXIT_ENVIRONMENT
+from launcher.errors import EXIT_ENVIRONMENT, PreflightError
 from launcher.failures import Diagnosis, diagnose, termination_message, write_termination_log
 from launcher.health import Prober
 from launcher.logs import get_logger
@@ -103,6 +105,8 @@ class Supervisor:
         self.prober = Prober(plan)
         self.policy = RestartPolicy(plan.supervisor)
         self.log = get_logger()
+        self.cache = CacheKeeper(plan, self.log)
+        self.status.cache = self.cache.status
         self._child: subprocess.Popen[bytes] | None = None
         self._exited: asyncio.Future[int] | None = None
         self._pgid: int | None = None
@@ -122,7 +126,7 @@ class Supervisor:
         self._kill_now = asyncio.Event()
         self._install_signal_handlers(loop)
         server: StatusServer | None = None
-        code = EXIT_ENVIRONMENT
+        code: int | None = None  # None while running, and if a bug ends the loop
         try:
             subreaper = become_subreaper()
             self.log.info(
@@ -144,10 +148,14 @@ class Supervisor:
                         error=str(error),
                         fix="choose another status_port (LAUNCH_STATUS_PORT) or stop what listens there",
                     )
+                    code = EXIT_ENVIRONMENT
                     return code
                 self.log.info("status_listening", port=server.port)
             dispatcher = asyncio.create_task(self._dispatch_signals())
             try:
+                if not await self.cache.take(self._stop_requested):
+                    code = EXIT_ENVIRONMENT if self._stop_signal is None else 128 + self._stop_signal
+                    return code
                 code = await self._supervise()
             finally:
                 dispatcher.cancel()
@@ -157,11 +165,15 @@ class Supervisor:
             killed, survivors = await self.reaper.kill_all(self._pgid, KILL_TIMEOUT)
             if killed or survivors:
                 self.log.warning("cleanup", killed=killed, survivors=[p.pid for p in survivors])
+            self.cache.release()
             if server is not None:
                 await server.close()
             await self.prober.close()
             self._remove_signal_handlers(loop)
-            self.log.info("supervisor_exiting", exit_code=code)
+            if code is None:
+                self.log.error("supervisor_failed", why="an unexpected error in the launcher, see its traceback")
+            else:
+                self.log.info("supervisor_exiting", exit_code=code)
 
     # Signals
 
@@ -169,8 +181,9 @@ class Supervisor:
         for signum in FORWARDED_SIGNALS:
             loop.add_signal_handler(signum, self._signals.put_nowait, signum)
         # uvloop refuses add_signal_handler(SIGCHLD) (it reserves it for its own subprocesses, which we
-        # never use). A plain handler that only writes to a self-pipe is async-signal-safe; the loop
-        # wakes on the pipe and reaps.
+        # never use). So a plain Python handler: Python runs it between two bytecodes of whatever the
+        # loop is doing, hence it only writes a byte to a self-pipe, and the loop reaps in an ordinary
+        # callback when the pipe becomes readable.
         read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._sigchld_pipe = (read_fd, write_fd)
         signal.signal(signal.SIGCHLD, self._on_sigchld)
@@ -230,10 +243,19 @@ class Supervisor:
         attempt = 0
         while self._stop_signal is None:
             attempt += 1
+            if attempt > 1:
+                try:
+                    # The NPUs must be free again (our earlier vLLM's leftovers stopped, nobody else's).
+                    await asyncio.to_thread(npu.preflight, self.plan, None, self.log)
+                except PreflightError as error:
+                    self.log.error("preflight_failed", message=error.message, **error.fields())
+                    return EXIT_ENVIRONMENT
             outcome = await self._attempt(attempt)
             last = outcome
             if outcome.requested:
                 return 0 if outcome.exit_code in self.plan.clean_stop_codes else outcome.exit_code
+            if await self.cache.recover(outcome.diagnosis.reason, outcome.was_ready):
+                continue  # at once and not counted: the failure was the cache's, not vLLM's
             delay = self.policy.next_delay(
                 now=time.monotonic(), retryable=outcome.retryable, was_ready=outcome.was_ready
             )
@@ -323,6 +345,8 @@ class Supervisor:
         killed, survivors = await self.reaper.kill_all(child.pid, KILL_TIMEOUT)
         if killed:
             self.log.warning("leftover_processes_killed", pids=killed)
+        # Logs npu_released or npu_still_held; off Ascend it returns at once.
+        await asyncio.to_thread(npu.after_stop, self.plan, {child.pid, *killed}, self.log)
         if survivors:
             self.log.error(
                 "processes_left",
@@ -398,6 +422,7 @@ class Supervisor:
         output.stop_watching_phases()
         startup = time.monotonic() - started
         self._became_ready = True
+        await self.cache.ready()
         self.status.became_ready(startup)
         self.log.info("ready", pid=pid, startup_s=round(startup, 3), phases=dict(self.status.phases))
         return await self._watch_health(pid)

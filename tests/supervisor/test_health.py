@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 
 import pytest
 
@@ -17,18 +18,24 @@ def metric(text: str, name: str) -> float:
     raise AssertionError(f"{name} not in /metrics:\n{text}")
 
 
-def test_status_endpoint_follows_start_up(run_launcher):
-    launcher = run_launcher(child("fake_vllm.py"), env={"FAKE_START_DELAY": "1.5"})
+def test_status_endpoint_follows_start_up(run_launcher, tmp_path):
+    go = tmp_path / "start-now"
+    launcher = run_launcher(child("fake_vllm.py"), env={"FAKE_START_FILE": str(go)})
     started = launcher.wait_for("child_started")
+    seen = time.monotonic()
     assert launcher.get("/livez")[0] == 200
     assert launcher.get("/readyz")[0] == 503
     status = launcher.get_json("/status")
     assert (status["state"], status["pid"], status["ready_at"]) == ("starting", started["pid"], None)
+    metrics = launcher.get("/metrics")[1].decode()
+    assert (metric(metrics, "launch_child_up"), metric(metrics, "launch_ready")) == (1, 0)
+    held_back = time.monotonic() - seen
+    go.touch()
 
     ready = launcher.wait_for("ready")
     phases = [e["phase"] for e in launcher.find("startup_phase")]
     assert phases == ["spawned", "weights_loaded", "kv_cache_sized", "listening", "healthy"]
-    assert ready["startup_s"] >= 1.5
+    assert ready["startup_s"] >= held_back  # counted from the spawn, which came before `seen`
     assert launcher.get("/readyz")[0] == 200
     status = launcher.get_json("/status")
     assert status["state"] == "ready"

@@ -20,6 +20,13 @@ def spawn(script: str) -> int:
     return os.posix_spawn(SH, [SH, "-c", script], dict(os.environ), setpgroup=0)
 
 
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def run(coro):
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coro)
@@ -45,7 +52,10 @@ def test_each_status_reaches_its_watcher_and_others_are_reaped_as_orphans():
             await asyncio.sleep(0.01)
         return future.result(), reaper.orphans_reaped
 
-    assert run(scenario()) == (7, 1)
+    status, orphans = run(scenario())
+    assert status == 7
+    # At least `other`; pytest may have more children of its own (from earlier tests) ending meanwhile.
+    assert orphans >= 1
 
 
 def test_kill_all_kills_the_tree_and_the_group_and_verifies():
@@ -64,7 +74,8 @@ def test_kill_all_kills_the_tree_and_the_group_and_verifies():
     killed, survivors, pids = run(scenario())
     assert survivors == []
     assert set(pids) <= set(killed)
-    assert not any(psutil.pid_exists(pid) for pid in pids)
+    # The test process is no subreaper: the orphaned sleeps may still be zombies for init to reap.
+    assert not any(running(pid) for pid in pids)
 
 
 def test_kill_all_with_nothing_to_kill_returns_at_once():

@@ -211,7 +211,7 @@ def test_leader_shell_render_starts_the_head_before_vllm(launch: Any) -> None:
 
 def test_leader_cannot_exec(launch: Any) -> None:
     env = {**LWS_LEADER, "LAUNCH_RAY__NPUS_PER_NODE": "8"}
-    result = launch("run", "--exec", *ASCEND, "--set", "vllm.port=0", env=env)
+    result = launch("run", "--exec", "--model", LLAMA, "--dialect", "vllm-cpu", env=env)
     assert result.code == 2
     assert "--exec" in result.err and "drop --exec on the leader" in result.err
 

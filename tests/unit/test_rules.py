@@ -778,6 +778,7 @@ def test_llava_profile_sets_the_guide_variables(launch: Any, tmp_path: Any) -> N
     )
     env = env_of(result)
     assert env == {
+        "LAUNCHER_INSTANCE": f"{model('llava-1.5-7b')}@8080",
         "PYTORCH_NPU_ALLOC_CONF": "expandable_segments:True",
         "VLLM_ENGINE_ITERATION_TIMEOUT_S": "600",
         "VLLM_IMAGE_FETCH_TIMEOUT": "100",
