@@ -103,6 +103,8 @@ def decide(settings: LaunchSettings, environ: Mapping[str, str], source_of: Sour
             fix=f"set LAUNCH_RAY__LEADER_ADDRESS to the leader's host, or run under a LeaderWorkerSet ({LWS_LEADER})",
         )
     npus, npus_source = settings.ray.npus_per_node, source_of("ray.npus_per_node") or ""
+    if npus is None and settings.devices.strip().lower() != "auto":
+        npus, npus_source = _count(settings.devices), source_of("devices") or "devices"
     if npus is None:
         for variable in ("ASCEND_RT_VISIBLE_DEVICES", "ASCEND_VISIBLE_DEVICES"):
             npus = _count(environ.get(variable) or settings.env.get(variable))

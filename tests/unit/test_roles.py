@@ -97,6 +97,8 @@ def test_npus_per_node_from_the_visible_devices(launch: Any) -> None:
     assert plan["ray"]["npus_per_node"] == 4
     plan = render(launch, *ASCEND, env={**LWS_LEADER, "ASCEND_VISIBLE_DEVICES": "4,5"})  # the device plugin's
     assert flag(plan, "tensor-parallel-size") == "2"
+    plan = render(launch, *ASCEND, env={**LWS_LEADER, "ASCEND_VISIBLE_DEVICES": "0,1,2,3", "LAUNCH_DEVICES": "2,3"})
+    assert flag(plan, "tensor-parallel-size") == "2" and plan["ray"]["npus_per_node"] == 2
 
 
 def test_parallel_sizes_the_user_set_are_kept(launch: Any) -> None:
