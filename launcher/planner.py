@@ -208,6 +208,11 @@ def build(request: Request, host: HostFacts, *, strict: bool, resolved: Resolved
     # What CANN's scripts set comes first: profiles and rules may override it, like exports after `source`.
     plan_env = {**host.cann.changes, **_container_wins(draft, merged, host)}
     cache = _cache_plan(settings, dialect, draft, plan_env, host, model_path, request.extra_args)
+    if cache is not None and role.name == "worker":
+        # Nothing on a worker says when its graphs are complete (vLLM's API is on the leader): an entry
+        # marked complete at `ray start` could be reused half built. Workers compile where vLLM defaults.
+        cache = None
+        draft.info.append("cache_dir is not used on a Ray worker: vLLM compiles into its default directories")
     cwd = None
     if cache is not None:
         cwd, cache_env = _cache_location(dialect, cache)

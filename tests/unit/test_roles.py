@@ -264,3 +264,12 @@ def test_render_json_is_plain_data(launch: Any) -> None:
     plan = render(launch, *ASCEND, env={**LWS_LEADER, "LAUNCH_RAY__NPUS_PER_NODE": "8"})
     assert json.loads(json.dumps(plan)) == plan
     assert plan["ray"]["wait_timeout"] == 900.0
+
+
+def test_the_graph_cache_is_the_leaders_only(launch: Any, tmp_path: Any) -> None:
+    env = {**LWS_LEADER, "LAUNCH_RAY__NPUS_PER_NODE": "8", "LAUNCH_CACHE_DIR": str(tmp_path)}
+    leader = render(launch, *ASCEND, env=env)
+    assert leader["cache"] is not None and leader["env"]["VLLM_CACHE_ROOT"].startswith(str(tmp_path))
+    worker = render(launch, *ASCEND, env={**env, "LWS_WORKER_INDEX": "1"})
+    assert worker["cache"] is None and "VLLM_CACHE_ROOT" not in worker["env"] and worker["cwd"] is None
+    assert any("cache_dir is not used on a Ray worker" in line for line in worker["info"])
