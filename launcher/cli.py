@@ -16,7 +16,7 @@ from typing import Any, TextIO
 import yaml
 
 from launcher import __version__, logs
-from launcher.errors import EXIT_CONFIG, EXIT_OK, LaunchError
+from launcher.errors import EXIT_CONFIG, EXIT_OK, ConfigError, LaunchError
 from launcher.plan import Plan
 
 COMMANDS = ("run", "render", "check", "doctor", "profiles", "cache", "demo")
@@ -37,6 +37,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="e.g. vllm.max_model_len=8192",
     )
     parser.add_argument("--dialect", metavar="NAME", help="vLLM dialect (default: detected)")
+    parser.add_argument(
+        "--role",
+        choices=("auto", "single", "leader", "worker"),
+        help="multi-node role on Ray (default: auto, from LeaderWorkerSet's LWS_* variables; LAUNCH_ROLE)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,6 +133,7 @@ def _request(args: argparse.Namespace, extra: list[str]) -> Any:
         config=args.config,
         model=args.model,
         dialect=args.dialect,
+        role=args.role,
         sets=list(args.sets),
         extra_args=extra,
     )
@@ -154,7 +160,16 @@ def _with_plan(command: str, args: argparse.Namespace, extra: list[str], environ
     if command == "render":
         print(plan.to_json() if args.format == "json" else render_shell(plan))
         return EXIT_OK
-    preflight.port_is_free(plan)
+    if getattr(args, "exec", False) and plan.role == "leader":
+        raise ConfigError(
+            "the leader starts Ray's head, waits for the group and stops the head after vLLM: "
+            "it cannot replace itself with vLLM",
+            key="--exec",
+            source="command line",
+            fix="drop --exec on the leader (workers and single nodes may use it)",
+        )
+    if plan.role != "worker":  # a Ray worker node serves no HTTP itself
+        preflight.port_is_free(plan)
     from launcher import npu  # not for render: psutil and the preflight are for check and run
 
     npu.preflight(plan, facts, log)
@@ -169,6 +184,10 @@ def _with_plan(command: str, args: argparse.Namespace, extra: list[str], environ
     log.info("plan", argv=plan.mask(shlex.join(plan.argv)), env=plan.to_dict()["env"], dialect=plan.dialect)
     if args.exec:
         supervisor.exec_plan(plan)
+    if plan.ray is not None:
+        from launcher import ray_roles
+
+        return ray_roles.run(plan)
     return supervisor.run_supervised(plan)
 
 
@@ -185,6 +204,11 @@ def render_shell(plan: Plan) -> str:
     lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     if plan.cwd:
         lines.append(f"cd {shlex.quote(plan.cwd)}")
+    if plan.ray is not None and plan.ray.head_argv:
+        lines.append(shlex.join(plan.mask(a) for a in plan.ray.head_argv))
+        npus = f" and {plan.ray.expected_npus} NPUs" if plan.ray.expected_npus is not None else ""
+        wait = f"# launch waits here until {plan.ray.group_size} nodes{npus} have joined: "
+        lines.append(wait + shlex.join(plan.ray.status_argv))
     # One line per flag with its values, as the guide's run_vllm.sh is written.
     groups: list[list[str]] = [[]]
     for arg in plan.argv:

@@ -40,11 +40,16 @@ def _has(*patterns: str, flags: int = 0) -> Callable[[str], bool]:
     return lambda line: regex.search(line) is not None
 
 
-def _stale_torchair_cache(line: str) -> bool:
+_GRAPH_CACHES = ("torchair", "torch_compile_cache", "compile cache", "inductor", "compiled graph")
+
+
+def _stale_graph_cache(line: str) -> bool:
+    """torchair's .torchair_cache (0.6, vllm-ascend ≤ 0.11) or torch.compile's cache (recent vLLM)."""
     lowered = line.lower()
-    if "torchair" not in lowered or "cache" not in lowered:
+    if "cache" not in lowered or not any(name in lowered for name in _GRAPH_CACHES):
         return False  # vLLM logs the cache path at INFO on healthy starts too: require an error word
-    return any(word in lowered for word in ("error", "fail", "mismatch", "invalid", "corrupt", "not match"))
+    words = ("error", "fail", "mismatch", "invalid", "corrupt", "not match", "unpickl")
+    return any(word in lowered for word in words)
 
 
 # (reason, line test, hint), most specific root cause first.
@@ -96,7 +101,7 @@ LINE_RULES: tuple[tuple[str, Callable[[str], bool], str], ...] = (
     ),
     (
         "stale_graph_cache",
-        _stale_torchair_cache,
+        _stale_graph_cache,
         "the compiled graph cache was made for another model or other parameters: run `launch cache clear` "
         "(or delete .torchair_cache / TORCHAIR_CACHE_HOME) and start again",
     ),

@@ -33,6 +33,39 @@ class CachePlan:
 
 
 @dataclass(frozen=True)
+class RayPlan:
+    """Multi-node serving on Ray: the head the leader starts and the group it waits for, or the head a
+    worker joins. The worker's `ray start --block` itself is the plan's argv (the supervised child)."""
+
+    role: str  # leader | worker
+    address: str  # host:port of the head (the GCS), as the workers reach it
+    group_size: int | None  # nodes in the group, leader included (None: a worker that need not know)
+    npus_per_node: int | None  # None: Ray counts them itself
+    head_argv: list[str] = field(default_factory=list)  # leader: `ray start --head ...`
+    status_argv: list[str] = field(default_factory=list)  # leader: `ray status --address=...`
+    wait_timeout: float = 900.0
+    poll_interval: float = 5.0
+    stop_timeout: float = 15.0
+
+    @property
+    def expected_npus(self) -> int | None:
+        if self.group_size is None or self.npus_per_node is None:
+            return None
+        return self.group_size * self.npus_per_node
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "address": self.address,
+            "group_size": self.group_size,
+            "npus_per_node": self.npus_per_node,
+            "head_argv": list(self.head_argv),
+            "status_argv": list(self.status_argv),
+            "wait_timeout": self.wait_timeout,
+        }
+
+
+@dataclass(frozen=True)
 class Plan:
     argv: list[str]
     env: dict[str, str]  # only the variables the launcher sets or changes
@@ -54,6 +87,14 @@ class Plan:
     npu: NpuSettings = field(default_factory=NpuSettings)  # the device preflight (launcher/npu.py)
     sources: dict[str, str] = field(default_factory=dict)
     secrets: frozenset[str] = frozenset()  # values never shown in clear
+    role: str = "single"  # single | leader | worker (multi-node on Ray)
+    ray: RayPlan | None = None
+    # How the supervisor knows the child serves: "http" probes /health; "process" (a Ray worker, which
+    # serves nothing itself) counts it ready once started and healthy while it runs.
+    probe: str = "http"
+    # Exit statuses that mean a clean stop when the launcher asked for one (`ray start --block` exits 1
+    # after SIGTERM by design): the launcher then exits 0, as after vLLM's own clean stop.
+    clean_stop_codes: frozenset[int] = frozenset()
 
     @property
     def health_url(self) -> str:
@@ -78,7 +119,7 @@ class Plan:
         def m(text: str) -> str:
             return self.mask(text) if masked else text
 
-        return {
+        data: dict[str, Any] = {
             "argv": [m(a) for a in self.argv],
             "env": {k: m(v) for k, v in sorted(self.env.items())},
             "cwd": self.cwd,
@@ -92,6 +133,10 @@ class Plan:
             "cache": {"dir": self.cache.data, "fingerprint": self.cache.fingerprint} if self.cache else None,
             "sources": {k: m(v) for k, v in sorted(self.sources.items())},
         }
+        if self.ray is not None:  # multi-node only: single-node plans render as they always did
+            data["role"] = self.role
+            data["ray"] = self.ray.to_dict()
+        return data
 
     def to_json(self, *, masked: bool = True) -> str:
         return json.dumps(self.to_dict(masked=masked), indent=2, ensure_ascii=False)

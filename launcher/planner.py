@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from launcher import cann, dialects, fingerprint, flags, profiles, rules
+from launcher import cann, dialects, fingerprint, flags, profiles, roles, rules
 from launcher.errors import ConfigError, PreflightError
 from launcher.host import HostFacts
 from launcher.layers import Layer, Merged, environment_layer, merge, set_option_layer
@@ -55,6 +55,7 @@ class Request:
     config: str | None = None
     model: str | None = None
     dialect: str | None = None
+    role: str | None = None
     sets: list[str] = field(default_factory=list)
     extra_args: list[str] = field(default_factory=list)
 
@@ -94,6 +95,8 @@ def resolve(request: Request, environ: Mapping[str, str]) -> Resolved:
         cli["model"], cli_sources["model"] = request.model, "--model"
     if request.dialect is not None:
         cli["dialect"], cli_sources["dialect"] = request.dialect, "--dialect"
+    if request.role is not None:
+        cli["role"], cli_sources["role"] = request.role, "--role"
     layers.append(Layer("command line", cli, cli_sources))
     layers.append(set_option_layer(request.sets))
     merged = merge(layers)
@@ -162,9 +165,15 @@ def build(request: Request, host: HostFacts, *, strict: bool, resolved: Resolved
     model = _read_model(model_path, merged.source_of("model") or merged.source_of("vllm.model"), strict, warnings)
 
     vllm = _typed_flags(vllm_raw, dialect, settings.entrypoint, merged, warnings)
+    role = roles.decide(settings, host.environ, merged.source_of)
+    role_set = roles.parallel_flags(role, vllm, merged.source_of) if role.multi_node else {}
     spec = _speculative(settings, vllm, merged)
     env = dict(settings.env)
     env_sources = {k: merged.source_of(f"env.{k}") or "profile" for k in env}
+    if role.multi_node:
+        for key, value in roles.environment(role, settings).items():
+            if key not in env:
+                env[key], env_sources[key] = value, f"role {role.name}"
     draft = rules.Draft(
         dialect=dialect,
         entrypoint=settings.entrypoint,
@@ -183,7 +192,11 @@ def build(request: Request, host: HostFacts, *, strict: bool, resolved: Resolved
         devices=settings.devices,
         tp_auto=tp_auto,
         env_files=list(settings.env_files),
+        nodes=role.group_size or 1,
     )
+    if role.multi_node:
+        draft.info.append(f"role {role.name} ({role.source})")
+        draft.info.extend(f"set {key}={vllm[key.removeprefix('vllm.')]}: {why}" for key, why in role_set.items())
     rules.apply(draft)
 
     graph_env, graph_warnings = dialects.graph_flags(dialect, draft.graph_mode, draft.gears, draft.vllm)
@@ -195,6 +208,11 @@ def build(request: Request, host: HostFacts, *, strict: bool, resolved: Resolved
     # What CANN's scripts set comes first: profiles and rules may override it, like exports after `source`.
     plan_env = {**host.cann.changes, **_container_wins(draft, merged, host)}
     cache = _cache_plan(settings, dialect, draft, plan_env, host, model_path, request.extra_args)
+    if cache is not None and role.name == "worker":
+        # Nothing on a worker says when its graphs are complete (vLLM's API is on the leader): an entry
+        # marked complete at `ray start` could be reused half built. Workers compile where vLLM defaults.
+        cache = None
+        draft.info.append("cache_dir is not used on a Ray worker: vLLM compiles into its default directories")
     cwd = None
     if cache is not None:
         cwd, cache_env = _cache_location(dialect, cache)
@@ -204,6 +222,13 @@ def build(request: Request, host: HostFacts, *, strict: bool, resolved: Resolved
     argv = _argv(settings, dialect, model_path, draft.vllm, host, request.extra_args)
     secrets = _secrets(draft.vllm, plan_env, request.extra_args)
     served = draft.vllm.get("served_model_name")
+    ray_plan, supervisor, probe, clean_stop = None, settings.supervisor, "http", frozenset[int]()
+    if role.multi_node:
+        ray_plan, worker_argv = roles.ray_plan(role, settings, host.python)
+        if role.name == "worker":
+            # Ray starts vLLM's workers on this node; the supervised child is the node's `ray start --block`.
+            argv, probe, clean_stop = worker_argv, "process", roles.WORKER_CLEAN_STOP
+            supervisor = settings.supervisor.model_copy(update={"warmup": False})
     return Plan(
         argv=argv,
         env=plan_env,
@@ -217,14 +242,18 @@ def build(request: Request, host: HostFacts, *, strict: bool, resolved: Resolved
         served_model_name=served[0] if isinstance(served, list) and served else model_path,
         host=str(draft.vllm.get("host") or "0.0.0.0"),
         port=int(draft.vllm["port"]) if draft.vllm.get("port") is not None else 8000,
-        supervisor=settings.supervisor,
+        supervisor=supervisor,
         status_port=settings.status_port,
         cache=cache,
         extra_args=list(request.extra_args),
         devices=draft.selection.indices if draft.selection is not None else None,
         npu=settings.npu,
-        sources={k: v for k, v in merged.sources.items() if _present(merged.data, k)},
+        sources={k: v for k, v in merged.sources.items() if _present(merged.data, k)} | role_set,
         secrets=frozenset(secrets),
+        role=role.name,
+        ray=ray_plan,
+        probe=probe,
+        clean_stop_codes=clean_stop,
     )
 
 

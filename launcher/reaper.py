@@ -14,7 +14,7 @@ import ctypes
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import psutil
 
@@ -83,6 +83,19 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def subtrees(roots: Iterable[psutil.Process]) -> set[int]:
+    """The pids of `roots` that still run and of all their descendants."""
+    pids: set[int] = set()
+    for root in roots:
+        try:
+            if root.is_running():  # compares the start time too: a reused pid is not the root
+                pids.add(root.pid)
+                pids.update(child.pid for child in root.children(recursive=True))
+        except psutil.Error:
+            continue
+    return pids
+
+
 def group_members(pgid: int) -> list[psutil.Process]:
     """The processes of group `pgid` that still run. Zombies are left out: they hold no memory, and one
     whose parent is not us (no subreaper) is not ours to reap, so waiting for it could take long."""
@@ -112,11 +125,16 @@ def _alive(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
 
 
 class Reaper:
-    """Owns `waitpid`: resolves a future per watched pid, reaps orphans silently."""
+    """Owns `waitpid`: resolves a future per watched pid, reaps orphans silently.
 
-    def __init__(self) -> None:
+    `spare`: processes whose trees `kill_all` leaves alone (a multi-node leader's Ray head, which outlives
+    each vLLM it serves and is stopped by its owner after the supervisor is done).
+    """
+
+    def __init__(self, spare: Sequence[psutil.Process] = ()) -> None:
         self._watched: dict[int, asyncio.Future[int]] = {}
         self.orphans_reaped = 0
+        self._spare = list(spare)
         self._log = get_logger()
 
     def watch(self, pid: int) -> asyncio.Future[int]:
@@ -152,6 +170,9 @@ class Reaper:
             if pgid is not None:
                 known = {proc.pid for proc in procs}
                 procs += [proc for proc in group_members(pgid) if proc.pid not in known]
+            if self._spare:
+                spared = subtrees(self._spare)
+                procs = [p for p in procs if p.pid not in spared]
             if not procs:
                 return killed, []
             if time.monotonic() >= deadline:

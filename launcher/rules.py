@@ -59,6 +59,7 @@ class Draft:
     tp_auto: bool = False  # tensor_parallel_size: auto (the planner put a placeholder in vllm)
     env_files: list[str] = field(default_factory=list)
     selection: Selection | None = None  # set by the devices rule on Ascend
+    nodes: int = 1  # a multi-node role spreads vLLM over this many nodes' NPUs
 
     def src(self, key: str) -> str | None:
         return self.source_of(key)
@@ -580,13 +581,14 @@ def parallel(d: Draft) -> None:
     if not d.dialect.ascend or sel is None or not sel.indices or tp is None:
         return
     pp = _int(d.vllm.get("pipeline_parallel_size")) or 1
-    count = len(sel.indices)
+    count = len(sel.indices) * d.nodes
     if tp * pp <= count:
         return
     what = (
         f"more parallelism than NPUs: tensor {tp}"
         + (f" x pipeline {pp}" if pp > 1 else "")
-        + f" > {count} (ASCEND_RT_VISIBLE_DEVICES={sel.text}, {sel.source})"
+        + f" > {count} (ASCEND_RT_VISIBLE_DEVICES={sel.text}, {sel.source}"
+        + (f", on each of {d.nodes} nodes)" if d.nodes > 1 else ")")
     )
     if backend == "ray":
         d.warnings.append(f"{what}; the ray backend needs a Ray cluster whose other nodes bring the rest")

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Restart = Literal["never", "on-failure", "always"]
+Role = Literal["auto", "single", "leader", "worker"]
 GraphMode = Literal["auto", "eager", "torchair", "aclgraph"]
 SpeculativeMethod = Literal["draft", "eagle", "ngram"]
 
@@ -127,6 +129,36 @@ class SpeculativeSettings(_Section):
     draft_tensor_parallel_size: int | None = Field(default=None, ge=1)
 
 
+class RaySettings(_Section):
+    """Multi-node serving on Ray (`role: leader|worker`); unset values come from LeaderWorkerSet's
+    LWS_GROUP_SIZE and LWS_LEADER_ADDRESS, and from the NPUs visible to the container."""
+
+    port: int = Field(default=6379, ge=1, le=65535)  # the head's GCS port, which workers join
+    group_size: int | None = Field(default=None, ge=1)  # nodes in the group, leader included
+    leader_address: str | None = None  # host the workers join (LWS: the leader pod's DNS name)
+    npus_per_node: int | None = Field(default=None, ge=1)
+    node_ip: str | None = None  # --node-ip-address (the pod IP when a node has several interfaces)
+    wait_timeout: float = 900.0  # leader: until every node and NPU joined; worker: until the head answers
+    poll_interval: float = 5.0
+    stop_timeout: float = 15.0  # the head's processes: SIGTERM, then SIGKILL after this long
+    temp_dir: str | None = None  # --temp-dir (Ray's sessions, sockets and logs)
+    command: str | None = None  # the Ray CLI, shell-split; default: this Python's `-m ray.scripts.scripts`
+    args: list[str] | None = None  # more `ray start` arguments (ports, --num-cpus, ...), a list or one string
+
+    @field_validator("wait_timeout", "poll_interval", "stop_timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("args", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        # From --set or the environment: one shell-quoted string.
+        if isinstance(value, str):
+            return shlex.split(value)
+        return value
+
+
 class CannSettings(_Section):
     """Where CANN's environment scripts are; None searches the standard places (see `launcher/cann.py`)."""
 
@@ -171,6 +203,8 @@ class LaunchSettings(BaseSettings):
     dialect: str | None = None
     dialects: list[str] | None = None  # dialects a profile supports; None = all
     server_command: str | None = None
+    role: Role = "auto"  # single | leader | worker; auto: from LeaderWorkerSet's LWS_* variables
+    ray: RaySettings = Field(default_factory=RaySettings)
     vllm: dict[str, Any] = Field(default_factory=dict)
     graph: GraphSettings = Field(default_factory=GraphSettings)
     speculative: SpeculativeSettings = Field(default_factory=SpeculativeSettings)

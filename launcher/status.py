@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +38,7 @@ class Status:
         self.last_exit_code: int | None = None
         self.last_exit_reason: str | None = None
         self.last_exit_hint: str | None = None
+        self.cache: Callable[[], dict[str, Any] | None] = lambda: None  # the cache entry in use
 
         self.registry = CollectorRegistry(auto_describe=True)
         self._restarts = Counter("launch_restarts", "vLLM restarts done by the launcher", registry=self.registry)
@@ -119,6 +121,7 @@ class Status:
             "last_exit_reason": self.last_exit_reason,
             "last_exit_hint": self.last_exit_hint,
             "launcher_pid": os.getpid(),
+            "cache": self.cache(),
         }
 
     def metrics(self) -> bytes:

@@ -19,14 +19,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, NoReturn
 
+import psutil
 import uvloop
 
+from launcher import npu
+from launcher.cachekeeper import CacheKeeper
 from launcher.childlog import ChildOutput
-from launcher.errors import EXIT_ENVIRONMENT
+from launcher.errors import EXIT_ENVIRONMENT, PreflightError
 from launcher.failures import Diagnosis, diagnose, termination_message, write_termination_log
 from launcher.health import Prober
 from launcher.logs import get_logger
@@ -93,14 +97,16 @@ def spawn(plan: Plan) -> subprocess.Popen[bytes]:
 
 
 class Supervisor:
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, spare: Sequence[psutil.Process] = ()) -> None:
         self.plan = plan
         self.settings = plan.supervisor
         self.status = Status()
-        self.reaper = Reaper()
+        self.reaper = Reaper(spare)
         self.prober = Prober(plan)
         self.policy = RestartPolicy(plan.supervisor)
         self.log = get_logger()
+        self.cache = CacheKeeper(plan, self.log)
+        self.status.cache = self.cache.status
         self._child: subprocess.Popen[bytes] | None = None
         self._exited: asyncio.Future[int] | None = None
         self._pgid: int | None = None
@@ -147,6 +153,9 @@ class Supervisor:
                 self.log.info("status_listening", port=server.port)
             dispatcher = asyncio.create_task(self._dispatch_signals())
             try:
+                if not await self.cache.take(self._stop_requested):
+                    code = EXIT_ENVIRONMENT if self._stop_signal is None else 128 + self._stop_signal
+                    return code
                 code = await self._supervise()
             finally:
                 dispatcher.cancel()
@@ -156,6 +165,7 @@ class Supervisor:
             killed, survivors = await self.reaper.kill_all(self._pgid, KILL_TIMEOUT)
             if killed or survivors:
                 self.log.warning("cleanup", killed=killed, survivors=[p.pid for p in survivors])
+            self.cache.release()
             if server is not None:
                 await server.close()
             await self.prober.close()
@@ -233,10 +243,19 @@ class Supervisor:
         attempt = 0
         while self._stop_signal is None:
             attempt += 1
+            if attempt > 1:
+                try:
+                    # The NPUs must be free again (our earlier vLLM's leftovers stopped, nobody else's).
+                    await asyncio.to_thread(npu.preflight, self.plan, None, self.log)
+                except PreflightError as error:
+                    self.log.error("preflight_failed", message=error.message, **error.fields())
+                    return EXIT_ENVIRONMENT
             outcome = await self._attempt(attempt)
             last = outcome
             if outcome.requested:
-                return outcome.exit_code
+                return 0 if outcome.exit_code in self.plan.clean_stop_codes else outcome.exit_code
+            if await self.cache.recover(outcome.diagnosis.reason, outcome.was_ready):
+                continue  # at once and not counted: the failure was the cache's, not vLLM's
             delay = self.policy.next_delay(
                 now=time.monotonic(), retryable=outcome.retryable, was_ready=outcome.was_ready
             )
@@ -326,6 +345,8 @@ class Supervisor:
         killed, survivors = await self.reaper.kill_all(child.pid, KILL_TIMEOUT)
         if killed:
             self.log.warning("leftover_processes_killed", pids=killed)
+        # Logs npu_released or npu_still_held; off Ascend it returns at once.
+        await asyncio.to_thread(npu.after_stop, self.plan, {child.pid, *killed}, self.log)
         if survivors:
             self.log.error(
                 "processes_left",
@@ -401,11 +422,14 @@ class Supervisor:
         output.stop_watching_phases()
         startup = time.monotonic() - started
         self._became_ready = True
+        await self.cache.ready()
         self.status.became_ready(startup)
         self.log.info("ready", pid=pid, startup_s=round(startup, 3), phases=dict(self.status.phases))
         return await self._watch_health(pid)
 
     async def _until_healthy(self) -> None:
+        if self.plan.probe == "process":
+            return  # nothing serves HTTP (a Ray worker node): running is ready
         # Faster than health_interval while starting: readiness should not lag by ten seconds.
         interval = min(1.0, self.settings.health_interval)
         while not (await self.prober.health(self.settings.health_timeout)).ok:
@@ -413,6 +437,10 @@ class Supervisor:
 
     async def _watch_health(self, pid: int) -> str:
         settings = self.settings
+        if self.plan.probe == "process":
+            # Nothing to probe; the attempt ends when the process exits or a stop is requested.
+            forever: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            return await forever
         failures = 0
         while True:
             await asyncio.sleep(settings.health_interval)
@@ -471,14 +499,16 @@ def _set_returncode(child: subprocess.Popen[bytes], done: asyncio.Future[int]) -
         child.returncode = done.result()
 
 
-def run_supervised(plan: Plan) -> int:
-    """Start vLLM as the plan says and supervise it until it is gone for good; the exit code to use."""
+def run_supervised(plan: Plan, *, spare: Sequence[psutil.Process] = ()) -> int:
+    """Start vLLM as the plan says and supervise it until it is gone for good; the exit code to use.
+
+    `spare`: processes whose trees survive the cleanup after each vLLM (a leader's Ray head)."""
     # Everything imported so far lives as long as the launcher: out of the collector's sight, it costs
     # no idle GC passes, and the interpreter's exit (part of a pod's stop time) takes ~10 ms instead of
     # ~60 ms of collecting pydantic's and aiohttp's import-time objects.
     gc.freeze()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(Supervisor(plan).run())
+        return runner.run(Supervisor(plan, spare).run())
 
 
 def exec_plan(plan: Plan) -> NoReturn:

@@ -9,6 +9,8 @@ Behaviour from the environment (files let a test decide the moment):
   FAKE_WARMUP_LOG     append each POST body there (one JSON per line)
   FAKE_WARMUP_STATUS  HTTP status of POST answers (default 200)
   FAKE_IGNORE_TERM=1  ignore SIGTERM
+  FAKE_GRAPH_CACHE=1  "compile" into $VLLM_CACHE_ROOT: reuse graph.bin when there, fail at start-up
+                      as a corrupt torch.compile cache does when a file `stale` is there
 SIGTERM: stops serving and exits 0, as vLLM does.
 """
 
@@ -63,6 +65,20 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+def compile_graphs(root):
+    os.makedirs(root, exist_ok=True)
+    if os.path.exists(os.path.join(root, "stale")):
+        print("RuntimeError: failed to load torch_compile_cache: corrupt cache entry", file=sys.stderr, flush=True)
+        sys.exit(1)
+    graph = os.path.join(root, "graph.bin")
+    if os.path.exists(graph):
+        log(f"Directly load the compiled graph(s) from the cache {graph}")
+    else:
+        log(f"Compiling a graph; saved to {graph}")
+        with open(graph, "w") as handle:
+            handle.write("compiled")
+
+
 def main():
     if os.environ.get("FAKE_IGNORE_TERM") == "1":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -70,6 +86,8 @@ def main():
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     log(f"vLLM API server version 0.0-fake, pid {os.getpid()}")
     time.sleep(float(os.environ.get("FAKE_START_DELAY", "0")))
+    if os.environ.get("FAKE_GRAPH_CACHE") == "1":
+        compile_graphs(os.environ["VLLM_CACHE_ROOT"])
     start_file = os.environ.get("FAKE_START_FILE")
     while start_file and not os.path.exists(start_file):
         time.sleep(0.02)

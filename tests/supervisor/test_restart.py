@@ -89,3 +89,29 @@ def test_a_requested_stop_writes_no_termination_log(run_launcher, tmp_path):
     launcher.send(signal.SIGTERM)
     assert launcher.wait_exit() == 0
     assert not path.exists()
+
+
+def test_npus_are_checked_again_before_each_restart(run_launcher, node):
+    node.install_cann().npu_smi("info-8x32g-idle.txt")
+    launcher = run_launcher(
+        child("exit_with.py"), env={"CHILD_EXIT_CODE": "5"}, node=node, supervisor={"max_restarts": 2}
+    )
+    assert launcher.wait_exit() == 5
+    assert len(launcher.find("child_started")) == 3
+    # Once before the first start (cli), once before each of the two restarts, and once after each stop.
+    info_calls = [c for c in node.calls() if c.startswith("info")]
+    assert len(info_calls) >= 5, node.calls()
+
+
+def test_a_foreign_process_on_the_npus_at_restart_ends_the_launcher_with_3(run_launcher, node):
+    node.install_cann().npu_smi("info-8x32g-idle.txt")
+    launcher = run_launcher(
+        child("exit_with.py"), env={"CHILD_EXIT_CODE": "5"}, node=node, supervisor={"backoff_initial": 1.0}
+    )
+    launcher.wait_for("restarting")
+    # While it backs off, someone else's process takes NPU 0.
+    node.npu_smi("info-8x32g-busy.txt")
+    assert launcher.wait_exit() == 3
+    failed = launcher.wait_for("preflight_failed")
+    assert "not started by this launcher" in failed["message"]
+    assert len(launcher.find("child_started")) == 1  # nothing started on a busy NPU

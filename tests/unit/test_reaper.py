@@ -52,7 +52,10 @@ def test_each_status_reaches_its_watcher_and_others_are_reaped_as_orphans():
             await asyncio.sleep(0.01)
         return future.result(), reaper.orphans_reaped
 
-    assert run(scenario()) == (7, 1)
+    status, orphans = run(scenario())
+    assert status == 7
+    # At least `other`; pytest may have more children of its own (from earlier tests) ending meanwhile.
+    assert orphans >= 1
 
 
 def test_kill_all_kills_the_tree_and_the_group_and_verifies():
