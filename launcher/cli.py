@@ -83,7 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_in, extra = args_in[:cut], args_in[cut + 1 :]
     if not args_in or args_in[0] not in (*COMMANDS, "-h", "--help", "--version"):
         args_in = ["run", *args_in]
-    args = _parser().parse_args(args_in)
+    if args_in[0] == "demo" and not {"-h", "--help"} & set(args_in[1:]):
+        # argparse's REMAINDER does not take a leading option: hand `run`'s arguments over untouched.
+        args = argparse.Namespace(command="demo", rest=args_in[1:])
+    else:
+        args = _parser().parse_args(args_in)
     command: str = args.command or "run"
     environ = dict(os.environ)
     # Only `run` owns stdout for logs; the other commands print their answer there.
