@@ -174,6 +174,7 @@ def _with_plan(command: str, args: argparse.Namespace, extra: list[str], environ
         )
     if plan.role != "worker":  # a Ray worker node serves no HTTP itself
         preflight.port_is_free(plan)
+        preflight.tmpdir_fits(plan, environ)
     from launcher import npu  # not for render: psutil and the preflight are for check and run
 
     npu.preflight(plan, facts, log)

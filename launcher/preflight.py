@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import os
 import socket
+from collections.abc import Mapping
 
 from launcher.errors import PreflightError
 from launcher.plan import Plan
@@ -25,3 +27,21 @@ def port_is_free(plan: Plan) -> None:
                 source=plan.sources.get("vllm.port"),
                 fix="stop what listens there (`ss -ltnp`), or pick another port: --set vllm.port=8081",
             ) from None
+
+
+# vLLM binds ZMQ sockets at $TMPDIR/<uuid4> (36 characters + "/"); a Unix socket path holds at most
+# 107 bytes, so a longer TMPDIR kills vLLM seconds into its start with "ipc path ... is longer than".
+MAX_TMPDIR = 70
+
+
+def tmpdir_fits(plan: Plan, environ: Mapping[str, str]) -> None:
+    tmpdir = plan.child_environ(environ).get("TMPDIR") or "/tmp"
+    if len(os.path.abspath(tmpdir)) > MAX_TMPDIR:
+        raise PreflightError(
+            f"TMPDIR is {len(tmpdir)} characters long; vLLM's IPC socket paths under it would exceed the "
+            "107-byte limit of a Unix socket and vLLM would fail seconds into its start",
+            key="TMPDIR",
+            value=tmpdir,
+            source="the environment",
+            fix=f"point TMPDIR at a directory whose path has at most {MAX_TMPDIR} characters, e.g. /tmp",
+        )

@@ -211,3 +211,14 @@ def test_run_logs_errors_as_json_for_the_cluster() -> None:
     event = json.loads(proc.stdout.strip().splitlines()[-1])
     assert event["level"] == "error" and event["event"] == "preflight_failed"
     assert event["key"] == "model" and event["value"] == "/absent" and "fix" in event
+
+
+def test_check_refuses_a_tmpdir_too_long_for_vllms_sockets(launch: Any, tmp_path: Path) -> None:
+    long_dir = tmp_path / ("x" * 80)
+    long_dir.mkdir()
+    result = launch("check", "--model", LLAMA, "--dialect", "vllm-cpu", "--set", "vllm.port=0",
+                    env={"TMPDIR": str(long_dir)})  # fmt: skip
+    assert result.code == 3
+    assert "TMPDIR" in result.err and "107" in result.err and "at most 70" in result.err
+    assert launch("check", "--model", LLAMA, "--dialect", "vllm-cpu", "--set", "vllm.port=0",
+                  env={"TMPDIR": "/tmp"}).code == 0  # fmt: skip
