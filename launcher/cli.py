@@ -208,7 +208,7 @@ def render_shell(plan: Plan) -> str:
     env = plan.to_dict()["env"]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     if plan.cwd:
-        lines.append(f"cd {shlex.quote(plan.cwd)}")
+        lines.append(f"mkdir -p {shlex.quote(plan.cwd)} && cd {shlex.quote(plan.cwd)}")
     if plan.ray is not None and plan.ray.head_argv:
         lines.append(shlex.join(plan.mask(a) for a in plan.ray.head_argv))
         npus = f" and {plan.ray.expected_npus} NPUs" if plan.ray.expected_npus is not None else ""

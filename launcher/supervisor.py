@@ -514,6 +514,14 @@ def run_supervised(plan: Plan, *, spare: Sequence[psutil.Process] = ()) -> int:
 def exec_plan(plan: Plan) -> NoReturn:
     """`--exec`: replace the launcher with vLLM (no supervision, no reaping, no restart)."""
     log = get_logger()
+    if plan.cache is not None:
+        # Nothing stays to lock the entry or mark it complete: it is only a directory for vLLM.
+        os.makedirs(plan.cache.data, exist_ok=True)
+        log.warning(
+            "cache_unmanaged",
+            fingerprint=plan.cache.fingerprint,
+            why="--exec: the entry is not locked and never marked complete; `launch run` manages it",
+        )
     log.info("exec", argv=[plan.mask(arg) for arg in plan.argv], cwd=plan.cwd)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -32,3 +32,15 @@ def test_a_busy_status_port_is_an_environment_error_and_starts_nothing(run_launc
         assert launcher.wait_exit() == 3
     assert "status_port" in launcher.wait_for("status_port_unavailable")["fix"]
     assert not launcher.find("child_started")
+
+
+def test_exec_with_a_cache_dir_gives_vllm_its_entry_but_manages_nothing(run_launcher, tmp_path):
+    launcher = run_launcher(
+        child("fake_vllm.py"), env={"LAUNCH_CACHE_DIR": str(tmp_path), "FAKE_GRAPH_CACHE": "1"}, exec_mode=True
+    )
+    warning = launcher.wait_for("cache_unmanaged")
+    launcher.wait_for_raw("Compiling a graph")
+    assert (tmp_path / warning["fingerprint"] / "data" / "vllm" / "graph.bin").exists()
+    assert not (tmp_path / warning["fingerprint"] / "manifest.json").exists()  # never trusted
+    launcher.send(signal.SIGTERM)
+    assert launcher.wait_exit() == 0
