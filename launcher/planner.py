@@ -123,10 +123,22 @@ def _config_error(exc: ValidationError, merged: Merged) -> ConfigError:
     return ConfigError(message, key=key, value=value, source=merged.source_of(key), fix=fix)
 
 
-def target_dialect(resolved: Resolved, host: HostFacts) -> dialects.Dialect:
-    """The dialect asked for (--dialect, LAUNCH_DIALECT, a profile) or detected, within the profiles' limits."""
+def target_dialect(
+    resolved: Resolved, host: HostFacts, *, fallback_warnings: list[str] | None = None
+) -> dialects.Dialect:
+    """The dialect asked for (--dialect, LAUNCH_DIALECT, a profile) or detected, within the profiles' limits.
+
+    With `fallback_warnings` (render: showing a plan needs no vLLM here) an undetectable dialect falls
+    back to the newest Ascend one the profiles allow, with a warning; otherwise it is exit 3."""
     settings, merged = resolved.settings, resolved.merged
-    name = settings.dialect or dialects.detect(host.installed)
+    try:
+        name = settings.dialect or dialects.detect(host.installed)
+    except PreflightError as exc:
+        if fallback_warnings is None:
+            raise
+        allowed = [d for d in dialects.DIALECTS if all(d in supported for supported, _ in merged.dialect_limits)]
+        name = "vllm-ascend" if "vllm-ascend" in allowed else (allowed or ["vllm-ascend"])[0]
+        fallback_warnings.append(f"{exc.what}; rendered for {name}: pass --dialect (or LAUNCH_DIALECT) to choose")
     dialect = dialects.get(name, merged.source_of("dialect") or "detected from installed packages")
     for supported, where in merged.dialect_limits:
         if dialect.name not in supported:
@@ -146,7 +158,7 @@ def build(request: Request, host: HostFacts, *, strict: bool, resolved: Resolved
     resolved = resolved or resolve(request, host.environ)
     settings, merged = resolved.settings, resolved.merged
     warnings = list(resolved.warnings)
-    dialect = target_dialect(resolved, host)
+    dialect = target_dialect(resolved, host, fallback_warnings=None if strict else warnings)
 
     vllm_raw = dict(settings.vllm)
     model_path = settings.model or vllm_raw.pop("model", None)

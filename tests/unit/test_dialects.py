@@ -174,3 +174,21 @@ def test_server_command_replaces_the_program(launch: Any) -> None:
     argv = result.json()["argv"]
     assert argv[:6] == ["numactl", "-N", "0", "python", "-m", "vllm.entrypoints.openai.api_server"]
     assert argv[6] == f"--model={LLAMA}"
+
+
+def test_render_without_vllm_falls_back_to_an_ascend_dialect_and_says_so(
+    launch: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from launcher import host
+
+    monkeypatch.setattr(host, "installed_versions", lambda: {})
+    result = launch("render", "-p", "graph", "--model", LLAMA)
+    assert result.code == 0, result.err
+    plan = result.json()
+    assert plan["dialect"] == "vllm-ascend"
+    assert any("rendered for vllm-ascend" in w and "--dialect" in w for w in plan["warnings"])
+    # A profile made for one dialect renders for that one.
+    assert launch("render", "-p", "api-server", "--model", LLAMA).json()["dialect"] == "ascend-vllm-0.6"
+    # Starting needs the real thing: check (like run) stops with exit 3 and the way out.
+    checked = launch("check", "-p", "graph", "--model", LLAMA)
+    assert checked.code == 3 and "--dialect" in checked.err
