@@ -3,7 +3,6 @@ each spells graph mode and speculative decoding. Detection reads package metadat
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -171,7 +170,3 @@ def speculative_flags(dialect: Dialect, spec: dict[str, Any], vllm: dict[str, An
         config["draft_tensor_parallel_size"] = spec["draft_tensor_parallel_size"]
     vllm["speculative_config"] = config
     return env
-
-
-def describe_json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)

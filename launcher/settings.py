@@ -12,7 +12,7 @@ import re
 import shlex
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Restart = Literal["never", "on-failure", "always"]
@@ -50,6 +50,10 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * scale)
 
 
+# Seconds, also written as "30s", "5m", "1h" in profiles, --set and LAUNCH_* variables.
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
@@ -59,30 +63,16 @@ class SupervisorSettings(_Section):
 
     restart: Restart = "on-failure"
     max_restarts: int = Field(default=5, ge=0)
-    restart_window: float = 600.0  # seconds in which max_restarts count
-    start_timeout: float = 1800.0  # large models plus graph compilation take many minutes
-    stop_timeout: float = 30.0
-    health_interval: float = 10.0
-    health_timeout: float = 5.0
+    restart_window: Duration = 600.0  # seconds in which max_restarts count
+    start_timeout: Duration = 1800.0  # large models plus graph compilation take many minutes
+    stop_timeout: Duration = 30.0
+    health_interval: Duration = 10.0
+    health_timeout: Duration = 5.0
     unhealthy_after: int = Field(default=3, ge=1)
     warmup: bool = False
-    backoff_initial: float = 1.0
-    backoff_max: float = 60.0
+    backoff_initial: Duration = 1.0
+    backoff_max: Duration = 60.0
     termination_log: str = "/dev/termination-log"
-
-    @field_validator(
-        "restart_window",
-        "start_timeout",
-        "stop_timeout",
-        "health_interval",
-        "health_timeout",
-        "backoff_initial",
-        "backoff_max",
-        mode="before",
-    )
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return parse_duration(value)
 
 
 class CacheSettings(_Section):
@@ -90,7 +80,7 @@ class CacheSettings(_Section):
 
     max_entries: int | None = Field(default=None, ge=1)
     max_bytes: int | None = Field(default=None, ge=0)
-    wait: float = 1800.0  # how long a start waits for another launcher building the same entry
+    wait: Duration = 1800.0  # how long a start waits for another launcher building the same entry
 
     @field_validator("max_bytes", mode="before")
     @classmethod
@@ -98,11 +88,6 @@ class CacheSettings(_Section):
         if isinstance(value, str) and not value.strip().isdigit():
             return parse_size(value)
         return value
-
-    @field_validator("wait", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return parse_duration(value)
 
 
 class GraphSettings(_Section):
@@ -138,17 +123,12 @@ class RaySettings(_Section):
     leader_address: str | None = None  # host the workers join (LWS: the leader pod's DNS name)
     npus_per_node: int | None = Field(default=None, ge=1)
     node_ip: str | None = None  # --node-ip-address (the pod IP when a node has several interfaces)
-    wait_timeout: float = 900.0  # leader: until every node and NPU joined; worker: until the head answers
-    poll_interval: float = 5.0
-    stop_timeout: float = 15.0  # the head's processes: SIGTERM, then SIGKILL after this long
+    wait_timeout: Duration = 900.0  # leader: until every node and NPU joined; worker: until the head answers
+    poll_interval: Duration = 5.0
+    stop_timeout: Duration = 15.0  # the head's processes: SIGTERM, then SIGKILL after this long
     temp_dir: str | None = None  # --temp-dir (Ray's sessions, sockets and logs)
     command: str | None = None  # the Ray CLI, shell-split; default: this Python's `-m ray.scripts.scripts`
     args: list[str] | None = None  # more `ray start` arguments (ports, --num-cpus, ...), a list or one string
-
-    @field_validator("wait_timeout", "poll_interval", "stop_timeout", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return parse_duration(value)
 
     @field_validator("args", mode="before")
     @classmethod
@@ -164,26 +144,16 @@ class CannSettings(_Section):
 
     toolkit_home: str | None = None  # e.g. /usr/local/Ascend/ascend-toolkit (its set_env.sh is sourced)
     nnal_home: str | None = None  # e.g. /usr/local/Ascend/nnal (atb/set_env.sh is sourced)
-    source_timeout: float = 30.0
-
-    @field_validator("source_timeout", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return parse_duration(value)
+    source_timeout: Duration = 30.0
 
 
 class NpuSettings(_Section):
     """npu-smi and the device preflight before each start of vLLM (see `launcher/npu.py`)."""
 
     smi: str = "npu-smi"  # the program, looked up on PATH
-    smi_timeout: float = 10.0  # a driver in trouble can make npu-smi hang
+    smi_timeout: Duration = 10.0  # a driver in trouble can make npu-smi hang
     kill_leftovers: bool = True  # stop this launcher's own earlier vLLM processes that still hold NPUs
-    free_timeout: float = 60.0  # how long to wait for their memory to be released
-
-    @field_validator("smi_timeout", "free_timeout", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        return parse_duration(value)
+    free_timeout: Duration = 60.0  # how long to wait for their memory to be released
 
 
 class LaunchSettings(BaseSettings):
