@@ -441,14 +441,13 @@ def _argv(
 
 
 def _container_wins(draft: rules.Draft, merged: Merged, host: HostFacts) -> dict[str, str]:
-    """Variables already in the container beat profiles (the operator set them on purpose); values set
-    with --set on the command line beat the container."""
+    """The planned variables the child gets from the launcher (see Draft.container_wins)."""
     plan_env: dict[str, str] = {}
     for key, value in sorted(draft.env.items()):
-        source = draft.env_sources.get(key, "")
-        have = host.environ.get(key)
-        if have is not None and not source.startswith("--set"):
+        if draft.container_wins(key):
+            have = host.environ[key]
             if have != value:
+                source = draft.env_sources.get(key, "")
                 draft.warnings.append(
                     f"{key}={have} from the container environment wins over {key}={value} (from {source})"
                 )

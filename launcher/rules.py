@@ -88,9 +88,14 @@ class Draft:
             self.env_sources[name] = "rule"
             self.info.append(f"set {name}={value}: {why}")
 
+    def container_wins(self, name: str) -> bool:
+        """A variable already in the container beats a profile's (the operator set it on purpose); one
+        set with --set on the command line beats the container."""
+        return name in self.host.environ and not self.env_sources.get(name, "").startswith("--set")
+
     def effective_env(self, name: str) -> tuple[str | None, str]:
-        """The value the child will see and where it comes from: the container's beats a profile's."""
-        if name in self.host.environ and not self.env_sources.get(name, "").startswith("--set"):
+        """The value the child will see and where it comes from."""
+        if self.container_wins(name):
             return self.host.environ[name], "the environment"
         return self.env.get(name), self.env_sources.get(name, "a profile")
 
