@@ -62,21 +62,15 @@ def _terminal_view(line: str) -> str:
     return parts[-1] if parts else ""
 
 
-def clean(line: str) -> str:
-    """Mask secrets and keep what a terminal would show of a progress bar."""
-    if "\r" in line:
-        line = _terminal_view(line)
-    return logs.redact(line) if logs.may_hold_secret(line) else line
-
-
 def clean_lines(lines: list[str]) -> list[str]:
-    """clean() for lines read together: each test runs once on the whole chunk (a few C-speed scans of
-    ~64 KiB) and per line only when the chunk hits; a secret or a keyword cannot span a newline."""
+    """Mask secrets and keep what a terminal would show of a progress bar, for lines read together:
+    each test runs once on the whole chunk (a few C-speed scans of ~64 KiB) and per line only when the
+    chunk hits (redact() tests its line first); a secret or a keyword cannot span a newline."""
     blob = "\n".join(lines)
     if "\r" in blob:
         lines = [_terminal_view(line) if "\r" in line else line for line in lines]
     if logs.may_hold_secret(blob):
-        lines = [logs.redact(line) if logs.may_hold_secret(line) else line for line in lines]
+        lines = [logs.redact(line) for line in lines]
     return lines
 
 
@@ -146,7 +140,7 @@ class StructlogSink:
 class JsonSink:
     """The same JSON objects as `logs.configure("json")` writes, formatted here and written per chunk.
 
-    A structlog call costs ~20 µs a line, mostly the redaction regex that `clean()` already applied;
+    A structlog call costs ~20 µs a line, mostly the redaction regex that `clean_lines()` already applied;
     at vLLM's start-up bursts and under a log flood that would throttle vLLM through a full pipe.
     Used only while the configuration is exactly the one this mirrors (see `make_sink`); a test
     compares both outputs.

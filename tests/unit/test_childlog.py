@@ -19,7 +19,6 @@ from launcher.childlog import (
     JsonSink,
     LineSplitter,
     StructlogSink,
-    clean,
     clean_lines,
     make_sink,
     vllm_level,
@@ -82,6 +81,11 @@ def test_bad_utf8_is_replaced_and_split_characters_survive_chunking():
 )
 def test_vllm_level(line, level):
     assert vllm_level(line) == level
+
+
+def clean(line):
+    [cleaned] = clean_lines([line])
+    return cleaned
 
 
 def test_clean_masks_secrets_and_keeps_the_last_progress_state():
